@@ -1,0 +1,9 @@
+"""Errors the command line turns into one clear message and exit status 2."""
+
+
+class InputError(Exception):
+    """Bad user input (missing file, wrong column, size mismatch...).
+
+    The message must name the culprit (file, column, particle index) and say what was expected.
+    The CLI catches it, logs the message once and exits with status 2.
+    """
