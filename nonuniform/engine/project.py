@@ -19,14 +19,14 @@ from . import fourier
 
 
 def image_pixels(box, r_max_px=None):
-    """The rfft-layout coefficients of a ``box`` image with ``|k| < r_max_px``.
+    """The rfft-layout coefficients of a ``box`` image with ``|k| <= r_max_px``.
 
     Parameters
     ----------
     box : int
         Image size N.
     r_max_px : float, optional
-        Radius in Fourier pixels (default ``N // 2``: everything below Nyquist).
+        Radius in Fourier pixels (default ``N / 2``: up to Nyquist, inclusive, as RELION).
 
     Returns
     -------
@@ -35,11 +35,11 @@ def image_pixels(box, r_max_px=None):
     flat : ndarray, shape (P,), int64
         Positions of those coefficients in a flattened ``(N, N//2 + 1)`` rfft array.
     """
-    r_max = box // 2 if r_max_px is None else r_max_px
+    r_max = box / 2 if r_max_px is None else r_max_px
     ky = np.fft.fftfreq(box, 1.0 / box).astype(np.int32)
     kx = np.arange(box // 2 + 1, dtype=np.int32)
     yy, xx = np.meshgrid(ky, kx, indexing="ij")
-    sel = (yy * yy + xx * xx) < r_max * r_max
+    sel = (yy * yy + xx * xx) <= r_max * r_max
     # Positive-x coefficients stand for a pair (k, -k); for kx = 0, both ky and -ky are stored.
     flat = np.nonzero(sel.ravel())[0]
     return yy.ravel()[flat], xx.ravel()[flat], flat
@@ -51,14 +51,15 @@ def hermitian_pair_weight(kx):
 
 
 def gridding_correction(box, pad):
-    """Separable sinc² of the trilinear kernel on a ``box``³ grid padded ``pad`` times, (N, N, N).
+    """Radial sinc² of the trilinear kernel on a ``box``³ grid padded ``pad`` times, (N, N, N).
 
     Trilinear interpolation in a spectrum sampled at ``1/(pad N)`` multiplies real space by
-    ``sinc²(x/(pad N)) sinc²(y/(pad N)) sinc²(z/(pad N))``; dividing by it undoes that.
+    about ``sinc²(|r|/(pad N))`` (exactly the separable product of the three axes' sinc²; RELION
+    uses the radial form, which we follow so projections match ``relion_project`` to ~1e-5).
     """
-    r = (np.arange(box) - box // 2) / float(pad * box)
-    s = np.sinc(r) ** 2
-    return (s[:, None, None] * s[None, :, None] * s[None, None, :]).astype(np.float32)
+    c = np.arange(box) - box // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / float(pad * box)
+    return (np.sinc(r) ** 2).astype(np.float32)
 
 
 def padded_spectrum(volume, pad):
@@ -173,7 +174,7 @@ class Projector:
     def project(self, rotations, r_max_px=None):
         """Fourier transforms of the projections, rfft layout ``(n, N, N//2 + 1)`` complex64.
 
-        Coefficients at or beyond ``r_max_px`` (default Nyquist) are zero.
+        Coefficients beyond ``r_max_px`` (default Nyquist) are zero.
         """
         ky, kx, flat = image_pixels(self.box, r_max_px)
         vals = self.project_pixels(rotations, ky, kx)
@@ -211,3 +212,8 @@ def shift_images_ft(images_ft, shifts_px):
     """Translate images given as rfft-layout spectra ``(n, N, N//2+1)`` by ``shifts_px`` (n, 2) = (x, y)."""
     box = images_ft.shape[-2]
     return images_ft * shift_phase(box, shifts_px)
+
+#: Sign relating RELION origin offsets to the image content: the particle image is the centred
+#: projection translated by ``RELION_ORIGIN_SIGN * (rlnOriginXAngst, rlnOriginYAngst) / pixel size``.
+#: Measured with ``relion_project``: an origin of +3 px in x moves the content 3 px towards -x.
+RELION_ORIGIN_SIGN = -1.0

@@ -1,0 +1,238 @@
+"""Command line: ``nonuniform <command> ...`` (also ``python -m nonuniform.engine``).
+
+Every command validates its inputs first; bad input ends with one message naming the culprit and
+exit status 2, and outputs are written atomically, so a failed run leaves no partial files.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import fourier
+from .errors import InputError
+
+logger = logging.getLogger("nonuniform")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _progress(total, desc):
+    """A tqdm progress bar on stderr (silent when stderr is not a terminal or tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is an install requirement
+        return None
+    return tqdm(total=total, desc=desc, unit="ptcl", file=sys.stderr, disable=not sys.stderr.isatty(),
+                leave=False)
+
+
+def _check_output_path(path, what="output"):
+    """Refuse an output whose folder does not exist or is not writable (before any work)."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what} folder is not writable: {folder}")
+
+
+def _read_map(path, what):
+    from .io import read_mrc
+
+    vol, apix = read_mrc(path)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"{what} {path} is not a cubic 3-D map (shape {vol.shape})")
+    if not np.isfinite(vol).all():
+        raise InputError(f"{what} {path} contains NaN or Inf values")
+    return vol, apix
+
+
+def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
+    if a.shape != b.shape:
+        raise InputError(f"{name_b} has shape {b.shape} but {name_a} has {a.shape}")
+    if apix_a > 0 and apix_b > 0 and abs(apix_a - apix_b) > 1e-3 * apix_a:
+        raise InputError(f"{name_b} has pixel size {apix_b:.4f} Å but {name_a} has {apix_a:.4f} Å")
+
+
+# ----------------------------------------------------------------------------------------------
+# simulate
+
+
+def add_simulate_args(p):
+    p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
+    p.add_argument("--phantom", choices=("protein", "membrane"), default="protein",
+                   help="protein-like map with fine detail, or membrane-protein-like (ordered core, "
+                        "disordered belt, flexible domain)")
+    p.add_argument("--n-particles", type=int, default=1000)
+    p.add_argument("--box", type=int, default=96, help="box size in px")
+    p.add_argument("--pixel-size", type=float, default=1.5, help="pixel size in Å")
+    p.add_argument("--snr", type=float, default=0.05,
+                   help="signal-to-noise ratio (variance of signal / variance of noise); 0 = noiseless")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_simulate(args):
+    from . import phantoms
+
+    if args.n_particles < 1 or args.box < 16 or args.pixel_size <= 0 or args.snr < 0:
+        raise InputError("simulate needs --n-particles >= 1, --box >= 16, --pixel-size > 0, --snr >= 0")
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise InputError(f"output folder {args.out} exists and is not empty")
+    _check_output_path(os.path.abspath(args.out))
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    paths = phantoms.simulate_to_folder(args.out, args.phantom, args.n_particles, args.box,
+                                        args.pixel_size, args.snr, rng)
+    logger.info("simulated %d particles (%s phantom, box %d, %.3f Å/px, SNR %g) in %.1f s -> %s",
+                args.n_particles, args.phantom, args.box, args.pixel_size, args.snr,
+                time.time() - t0, paths["star"])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# reconstruct
+
+
+def add_reconstruct_args(p):
+    p.add_argument("--particles", required=True, help="RELION STAR file with poses and CTF")
+    p.add_argument("--out", required=True, help="output map (.mrc); with --halves also *_half1/2.mrc")
+    p.add_argument("--halves", action="store_true",
+                   help="also reconstruct the two half-sets (rlnRandomSubset, or a seeded random split)")
+    p.add_argument("--sym", default="C1", help="point group (RELION names: C1, Cn, Dn, T, O, I...)")
+    p.add_argument("--no-ctf", action="store_true", help="ignore CTF columns (and allow their absence)")
+    p.add_argument("--pad", type=int, default=2, help="Fourier oversampling (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the half-set split when none is given")
+
+
+def run_reconstruct(args):
+    from . import symmetry
+    from .io import write_mrc
+    from .particles import load_particles
+    from .pipeline import reconstruct_particles
+
+    symmetry.symmetry_matrices(args.sym)  # validates the name before any work
+    _check_output_path(args.out)
+    particles = load_particles(args.particles, require_ctf=not args.no_ctf)
+    if args.no_ctf:
+        particles.has_ctf = False
+    t0 = time.time()
+    bar = _progress(len(particles), "reconstruct")
+    out = reconstruct_particles(particles, sym=args.sym, halves=args.halves, pad=args.pad, seed=args.seed,
+                                progress=None if bar is None else bar.update)
+    if bar is not None:
+        bar.close()
+    stem = args.out[:-4] if args.out.endswith(".mrc") else args.out
+    write_mrc(args.out, out["map"], particles.pixel_size_ang)
+    if args.halves:
+        write_mrc(stem + "_half1.mrc", out["half1"], particles.pixel_size_ang)
+        write_mrc(stem + "_half2.mrc", out["half2"], particles.pixel_size_ang)
+    dt = time.time() - t0
+    logger.info("reconstructed %d particles (box %d, %s) in %.1f s (%.0f particles/s) -> %s",
+                len(particles), particles.box_px, args.sym, dt, len(particles) / dt, args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# fsc
+
+
+def add_fsc_args(p):
+    p.add_argument("map1", help="first half-map (.mrc)")
+    p.add_argument("map2", help="second half-map (.mrc)")
+    p.add_argument("--mask", help="soft solvent mask (.mrc); adds masked and phase-randomization-"
+                                  "corrected curves")
+    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png")
+    p.add_argument("--threshold", type=float, default=0.143)
+    p.add_argument("--pixel-size", type=float, help="pixel size in Å (default: from the map header)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the phase randomization")
+
+
+def run_fsc(args):
+    from . import fsc
+    from .plots import plot_fsc
+
+    _check_output_path(args.out + ".csv")
+    v1, a1 = _read_map(args.map1, "map")
+    v2, a2 = _read_map(args.map2, "map")
+    _check_same_grid(v1, a1, args.map1, v2, a2, args.map2)
+    for v, name in ((v1, args.map1), (v2, args.map2)):
+        if float(v.std()) == 0.0:
+            raise InputError(f"map {name} is constant: its FSC is undefined")
+    apix = args.pixel_size or a1
+    if not apix or apix <= 0:
+        raise InputError(f"{args.map1} has no pixel size in its header; pass --pixel-size")
+    box = v1.shape[0]
+    if args.mask:
+        mask, am = _read_map(args.mask, "mask")
+        _check_same_grid(v1, a1, args.map1, mask, am, args.mask)
+        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3 or mask.max() <= 0:
+            raise InputError(f"mask {args.mask} must have values in [0, 1] and not be empty "
+                             f"(range {mask.min():.3g}..{mask.max():.3g})")
+        res = fsc.corrected_fsc(v1, v2, mask, apix, np.random.default_rng(args.seed),
+                                threshold=args.threshold)
+        curves, resolutions = res.curves(), res.resolutions_ang()
+        for w in res.warnings:
+            logger.warning(w)
+        headline = ("corrected", res.resolution_corrected_ang)
+    else:
+        curve = fsc.fsc_curve(v1, v2)
+        r = fsc.resolution_at(curve, box, apix, args.threshold)
+        curves, resolutions = {"fsc_unmasked": curve}, {"fsc_unmasked": r}
+        headline = ("unmasked", r)
+    fsc.write_fsc_csv(args.out + ".csv", curves, box, apix,
+                      metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in resolutions.items()})
+    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold)
+    print(f"FSC={args.threshold:g} resolution ({headline[0]}): {headline[1]:.2f} Å")
+    logger.info("wrote %s.csv and %s.png", args.out, args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+COMMANDS = {
+    "simulate": (add_simulate_args, run_simulate, "simulate a particle stack from a phantom"),
+    "reconstruct": (add_reconstruct_args, run_reconstruct, "reconstruct a map at the STAR file's poses"),
+    "fsc": (add_fsc_args, run_fsc, "Fourier shell correlation of two maps (CSV + PNG)"),
+}
+
+
+def build_parser():
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="nonuniform", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"nonuniform {__version__}")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for FFTs and kernels")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (add_args, _, help_) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        fourier.set_workers(args.threads)
+        try:
+            import numba
+
+            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        except ImportError:  # pragma: no cover
+            pass
+    try:
+        return COMMANDS[args.command][1](args)
+    except InputError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
