@@ -103,8 +103,6 @@ def reconstruct_particles(particles, sym="C1", halves=False, pad=2, batch=256, s
         idx = np.arange(start, min(n, start + batch))
         ft = centred_image_spectra(particles, idx)
         ctf = particle_ctfs(particles, idx)
-        if ctf is not None:
-            ft = ft * ctf
         rots = particle_rotations(particles, idx)
         for h, bp in bps.items():
             sel = labels[idx] == h
