@@ -1,0 +1,88 @@
+"""Headless plots of engine outputs (matplotlib, Agg backend, imported only when plotting)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from .backend import asnumpy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["plot_fsc"]
+
+
+def plot_fsc(
+    path_png,
+    curves: Mapping[str, np.ndarray],
+    resolution_labels: Mapping[str, float] | None,
+    pixel_size_ang: float,
+    box: int,
+    threshold: float = 0.143,
+) -> None:
+    """Plot FSC curves against spatial frequency and save a PNG, atomically.
+
+    Parameters
+    ----------
+    path_png : str or os.PathLike
+        Output PNG file (written to a temporary file, then ``os.replace``).
+    curves : mapping of str to (N//2 + 1,) arrays
+        FSC per shell ``0 .. N//2`` by label (e.g. ``FscResult.curves()``).
+    resolution_labels : mapping of str to float, optional
+        Resolution (Å) per curve label, appended to the legend entry (e.g.
+        ``FscResult.resolutions_ang()``).
+    pixel_size_ang : float
+        Pixel size (Å).
+    box : int
+        Box size ``N`` (px).
+    threshold : float
+        Drawn as a dashed horizontal line.
+    """
+    # An explicit Agg canvas: no pyplot, no change to the process-wide backend (a Scipion GUI
+    # may be using Qt in the same process).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = resolution_labels or {}
+    freq = np.arange(box // 2 + 1) / (box * pixel_size_ang)
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        c = np.asarray(asnumpy(curve), dtype=np.float64).ravel()
+        label = name if name not in labels else f"{name} ({labels[name]:.2f} Å)"
+        ax.plot(freq[: c.size], c, label=label, lw=1.5)
+    ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"FSC = {threshold:g}")
+    ax.axhline(0.0, color="0.8", lw=0.8)
+    ax.set_xlim(0.0, freq[-1])
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    top = ax.secondary_xaxis(
+        "top",
+        functions=(
+            lambda f: 1.0 / np.maximum(f, 1e-6),
+            lambda d: 1.0 / np.maximum(d, 1e-6),
+        ),
+    )
+    top.set_xlabel("resolution (Å)")
+    top_ticks = freq[-1] * np.array([0.25, 0.5, 0.75, 1.0])
+    top.set_xticks(1.0 / top_ticks)
+    top.set_xticklabels([f"{d:.1f}" for d in 1.0 / top_ticks])
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path_png))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path_png)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
