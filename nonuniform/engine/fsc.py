@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import fourier
 from .backend import asnumpy, get_array_module
+from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -361,16 +360,8 @@ def write_fsc_csv(
         row = [str(s), f"{s / (box * pixel_size_ang):.8g}", f"{res[s]:.6g}"]
         row += [f"{c[s]:.8g}" for c in cols.values()]
         lines.append(",".join(row))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def read_fsc_csv(path):

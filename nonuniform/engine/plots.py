@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 
 from .backend import asnumpy
+from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +75,5 @@ def plot_fsc(
     ax.legend(loc="upper right", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path_png))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_write(path_png) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path_png)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
