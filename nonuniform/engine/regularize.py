@@ -1,0 +1,182 @@
+"""Regularizers of a half-map: the uniform FSC (Wiener) filter and the non-uniform CV filter.
+
+Non-uniform (NU) regularization (Punjani, Zhang & Fleet 2020): from two independent *fold* maps
+``q1``, ``q2`` of one half-set (each reconstructed from half of its particles) choose, at every voxel,
+the low-pass cutoff whose filtered fold best predicts the other fold locally:
+
+    e_j = (B_j * q1 - q2)² + (B_j * q2 - q1)²,     E_j(x) = (w_x ⊛ e_j)(x),     j*(x) = argmin_j E_j(x)
+
+and take the regularized value from the half-map filtered at that cutoff, ``(B_{j*(x)} * m)(x)``.
+Since ``q2 = truth + independent noise``, minimizing E_j minimizes the local error of the filtered
+fold against the truth.
+
+The window ``w_x`` is a property of the *voxel*, the same for every candidate compared there: its
+radius is ``AWF × θ(x)``, θ(x) the wavelength the voxel selects. We evaluate all candidates under a
+few discrete window sizes and keep, per voxel, the window that is self-consistent with the cutoff it
+selects. (Giving each candidate its own window biases the comparison toward low cutoffs.)
+
+Everything streams over the candidates: memory is a few volumes, never one per candidate. Only the
+half-set's own folds enter its regularizer, so half-maps stay independent.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from . import fourier
+from .backend import get_array_module
+from .errors import InputError
+from .filters import butterworth
+
+logger = logging.getLogger(__name__)
+
+FILTER_TYPES = ("butterworth", "gaussian", "rect")
+
+
+def candidate_cutoffs(box, n_cutoffs=50, min_shell=1.0):
+    """``n_cutoffs`` cutoff frequencies (cycles/px) equispaced from ``min_shell/N`` up to Nyquist."""
+    return np.linspace(min_shell / box, 0.5, n_cutoffs)
+
+
+def lowpass_gain(freq, cutoff, kind="butterworth", order=8):
+    """Gain of a candidate low-pass at ``freq`` (cycles/px); ``kind`` in :data:`FILTER_TYPES`."""
+    xp = get_array_module(freq)
+    if kind == "butterworth":
+        return butterworth(freq, cutoff, order)
+    if kind == "gaussian":
+        # Gaussian whose gain is 1/sqrt(2) at the cutoff, as the Butterworth's.
+        return xp.exp(-np.log(2) / 2 * (freq / cutoff) ** 2).astype(freq.dtype)
+    if kind == "rect":
+        return (freq <= cutoff).astype(freq.dtype)
+    raise InputError(f"unknown filter type {kind!r}; choose one of {', '.join(FILTER_TYPES)}")
+
+
+def gaussian_window_ft(freq, radius_px):
+    """Transform of a unit-sum Gaussian window whose 'radius' (2σ) is ``radius_px``."""
+    xp = get_array_module(freq)
+    sigma = radius_px / 2.0
+    return xp.exp(-2 * np.pi ** 2 * sigma ** 2 * freq * freq).astype(freq.dtype)
+
+
+def window_radii(box, awf, cutoffs, n_windows=6):
+    """Discrete window radii (px): geometric from ``awf`` × the finest wavelength to the coarsest,
+    capped at half the box."""
+    lo = awf / cutoffs[-1]
+    hi = min(awf / cutoffs[0], box / 2.0)
+    return np.geomspace(lo, max(hi, lo), n_windows)
+
+
+@dataclasses.dataclass
+class NUResult:
+    """Output of :func:`nu_filter`.
+
+    Attributes
+    ----------
+    filtered : (N, N, N) float32
+        Regularized map, real space.
+    cutoff_ang : (N, N, N) float32
+        Selected cutoff per voxel, as a resolution in Å (a local-resolution proxy).
+    cutoff_index : (N, N, N) int16
+        Index of the selected candidate.
+    cutoffs_inv_px : (J,) float64
+        Candidate cutoffs (cycles/px).
+    """
+
+    filtered: np.ndarray
+    cutoff_ang: np.ndarray
+    cutoff_index: np.ndarray
+    cutoffs_inv_px: np.ndarray
+
+
+def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8, n_cutoffs=50,
+              kind="butterworth", n_windows=6, mask=None):
+    """Cross-validated spatially adaptive low-pass filter (NU regularizer) of one half-set.
+
+    Parameters
+    ----------
+    fold1, fold2 : ndarray, shape (N, N, N), real space
+        Independent reconstructions of the two folds of the half-set (quarter maps).
+    half_map : ndarray, shape (N, N, N), optional
+        Map to filter (default ``(fold1 + fold2) / 2``), e.g. the whole half-set's reconstruction.
+    pixel_size_ang : float
+        Voxel size in Å (only for the cutoff map in Å).
+    awf : float
+        Adaptive window factor: window radius = ``awf`` × the voxel's wavelength (default 3).
+    order : int
+        Butterworth order (default 8).
+    n_cutoffs : int
+        Number of candidate cutoffs, equispaced in frequency up to Nyquist (default 50).
+    kind : str
+        Candidate filter type: ``butterworth`` (default), ``gaussian`` or ``rect``.
+    n_windows : int
+        Number of discrete window sizes.
+    mask : ndarray, optional
+        Voxels outside ``mask > 0`` get the lowest cutoff (solvent).
+
+    Returns
+    -------
+    NUResult
+    """
+    xp = get_array_module(fold1)
+    if fold1.shape != fold2.shape or fold1.ndim != 3 or len(set(fold1.shape)) != 1:
+        raise InputError(f"fold maps must be cubic and of the same shape, got {fold1.shape} and {fold2.shape}")
+    if awf <= 0 or order < 1 or n_cutoffs < 2:
+        raise InputError("need awf > 0, order >= 1 and at least 2 cutoffs")
+    shape = fold1.shape
+    box = shape[0]
+    half_map = (fold1 + fold2) / 2 if half_map is None else half_map
+    freq = fourier.radial_freq_rfft(shape, xp)
+    f1 = fourier.rfftn_c(xp.asarray(fold1, dtype=xp.float32))
+    f2 = fourier.rfftn_c(xp.asarray(fold2, dtype=xp.float32))
+    fm = fourier.rfftn_c(xp.asarray(half_map, dtype=xp.float32))
+    q1 = xp.asarray(fold1, dtype=xp.float32)
+    q2 = xp.asarray(fold2, dtype=xp.float32)
+    cutoffs = candidate_cutoffs(box, n_cutoffs)
+    radii = window_radii(box, awf, cutoffs, n_windows)
+    windows = [gaussian_window_ft(freq, r) for r in radii]
+    best = xp.full((len(radii),) + shape, xp.inf, dtype=xp.float32)
+    arg = xp.zeros((len(radii),) + shape, dtype=xp.int16)
+    for j, fc in enumerate(cutoffs):
+        g = lowpass_gain(freq, fc, kind, order)
+        y1 = fourier.irfftn_c(f1 * g, shape)
+        y2 = fourier.irfftn_c(f2 * g, shape)
+        err = (y1 - q2) ** 2 + (y2 - q1) ** 2
+        ferr = fourier.rfftn_c(err)
+        for k, w in enumerate(windows):
+            loss = fourier.irfftn_c(ferr * w, shape)
+            better = loss < best[k]
+            best[k] = xp.where(better, loss, best[k])
+            arg[k] = xp.where(better, j, arg[k])
+    # Per voxel, the window consistent with its own choice: radius closest (in log) to awf / f_j*.
+    wanted = xp.log(awf / xp.asarray(cutoffs, dtype=xp.float32)[arg.astype(xp.int64)])
+    mismatch = xp.abs(wanted - xp.log(xp.asarray(radii, dtype=xp.float32))[:, None, None, None])
+    k_sel = xp.argmin(mismatch, axis=0)
+    choice = xp.take_along_axis(arg, k_sel[None].astype(xp.int64), axis=0)[0]
+    if mask is not None:
+        choice = xp.where(xp.asarray(mask) > 0, choice, 0).astype(xp.int16)
+    filtered = xp.zeros(shape, dtype=xp.float32)
+    for j in np.unique(xp.asnumpy(choice) if xp is not np else choice):
+        y = fourier.irfftn_c(fm * lowpass_gain(freq, cutoffs[j], kind, order), shape)
+        filtered = xp.where(choice == j, y, filtered)
+    cutoff_ang = (pixel_size_ang / xp.asarray(cutoffs, dtype=xp.float32))[choice.astype(xp.int64)]
+    return NUResult(filtered=filtered.astype(xp.float32), cutoff_ang=cutoff_ang.astype(xp.float32),
+                    cutoff_index=choice.astype(xp.int16), cutoffs_inv_px=cutoffs)
+
+
+def uniform_fsc_filter(fold1, fold2, half_map=None):
+    """Shift-invariant Wiener filter of the half-map from the FSC of its two folds (baseline).
+
+    The folds' FSC gives their SSNR per shell, ``f/(1-f)``; the half-map holds twice the data,
+    so its SSNR is twice that and its Wiener gain ``S/(1+S)``.
+    """
+    from .fsc import fsc_curve
+
+    half_map = (fold1 + fold2) / 2 if half_map is None else half_map
+    f = np.clip(fsc_curve(fold1, fold2), 0.0, 0.999)
+    ssnr = 2 * f / (1 - f)
+    gain = ssnr / (1 + ssnr)
+    ft = fourier.rfftn_c(half_map)
+    shells = np.minimum(fourier.shell_index_rfft(half_map.shape), len(gain) - 1)
+    gain_full = np.where(fourier.shell_index_rfft(half_map.shape) < len(gain), gain[shells], 0.0)
+    return fourier.irfftn_c(ft * gain_full, half_map.shape).astype(np.float32)
