@@ -86,8 +86,14 @@ def run_simulate(args):
     _check_output_path(os.path.abspath(args.out))
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    paths = phantoms.simulate_to_folder(args.out, args.phantom, args.n_particles, args.box,
-                                        args.pixel_size, args.snr, rng)
+    if args.phantom == "protein":
+        truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
+    else:
+        source = phantoms.membrane_phantom(args.box, args.pixel_size, rng)
+        truth = source.truth()
+    sim = phantoms.simulate_particles(source, args.n_particles, args.pixel_size, rng,
+                                      snr=args.snr if args.snr > 0 else np.inf)
+    paths = phantoms.write_simulation(args.out, sim, args.pixel_size, truth)
     logger.info("simulated %d particles (%s phantom, box %d, %.3f Å/px, SNR %g) in %.1f s -> %s",
                 args.n_particles, args.phantom, args.box, args.pixel_size, args.snr,
                 time.time() - t0, paths["star"])
