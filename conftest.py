@@ -1,0 +1,51 @@
+"""Headless Scipion environment for ``python -m pytest`` run from the repository root.
+
+pyworkflow reads its configuration from environment variables once, when it is first imported,
+and collecting ``nonuniform/tests`` imports ``nonuniform/__init__.py`` -> ``pwem`` ->
+``pyworkflow``. So the variables are set here, in a conftest at the repository root (loaded
+before the package), not in ``nonuniform/tests/conftest.py``. Every run gets a fresh temporary
+Scipion user-data folder (projects, logs, hosts.conf); it is deleted at the end unless a
+test failed after creating a Scipion project there (its path is then printed).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+SCIPION_TMP = tempfile.mkdtemp(prefix="nonuniform-scipion-")
+
+
+def _scipion_environment(root):
+    """Point Scipion at ``root`` and write the minimal hosts.conf a headless run needs."""
+    hosts = os.path.join(root, "hosts.conf")
+    with open(hosts, "w") as f:
+        f.write("[localhost]\n"
+                "PARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d --map-by node %_(COMMAND)s\n")
+    os.makedirs(os.path.join(root, "tests"), exist_ok=True)
+    os.environ.update({
+        "SCIPION_DOMAIN": "pwem",  # without it Project.createMapper fails (Domain is None)
+        "SCIPION_USER_DATA": root,
+        "SCIPION_TESTS": os.path.join(root, "tests"),
+        "SCIPION_TEST_NOSYNC": "1",  # never try to download test datasets
+        "SCIPION_PYTHON": sys.executable,  # protocol subprocesses use this interpreter
+        "SCIPION_HOSTS": hosts,
+    })
+
+
+_scipion_environment(SCIPION_TMP)
+
+
+def _keep(exitstatus):
+    """Keep the folder only for a failed run that created Scipion projects in it."""
+    return exitstatus != 0 and os.path.isdir(os.path.join(SCIPION_TMP, "projects"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _keep(exitstatus):
+        shutil.rmtree(SCIPION_TMP, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if _keep(exitstatus):  # runs after pytest_sessionfinish: the folder exists only if kept
+        terminalreporter.write_line(f"Scipion test projects and logs kept in {SCIPION_TMP}")

@@ -1,0 +1,1 @@
+"""Scipion protocols of the nonuniform plugin (each one imported here for discovery)."""

@@ -1,0 +1,1 @@
+"""Tests: engine tests (plain pytest) and Scipion tests (marked ``scipion``)."""

@@ -1,0 +1,1 @@
+"""Scipion viewers of the nonuniform plugin (each one imported here for discovery)."""
