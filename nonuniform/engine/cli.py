@@ -83,7 +83,11 @@ def run_simulate(args):
         raise InputError("simulate needs --n-particles >= 1, --box >= 16, --pixel-size > 0, --snr >= 0")
     if os.path.exists(args.out) and os.listdir(args.out):
         raise InputError(f"output folder {args.out} exists and is not empty")
-    _check_output_path(os.path.abspath(args.out))
+    parent = os.path.dirname(os.path.abspath(args.out))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot create {args.out}: {parent} is not writable")
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     if args.phantom == "protein":
@@ -258,11 +262,59 @@ def run_filter(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# refine
+
+
+def add_refine_args(p):
+    from .refine import RefineConfig
+
+    d = RefineConfig()
+    p.add_argument("--particles", required=True, help="RELION STAR file with CTF parameters")
+    p.add_argument("--ref", required=True, help="initial model (.mrc); resampled if box/pixel size differ")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=("nonuniform", "uniform"), default=d.mode,
+                   help="regularizer: non-uniform CV filter (default) or uniform FSC filter")
+    p.add_argument("--mask", help="static solvent mask (.mrc) instead of the dynamic mask")
+    p.add_argument("--sym", default=d.sym, help="point group (RELION names)")
+    p.add_argument("--diameter-ang", type=float, help="particle diameter in Å (default 0.8 × box)")
+    p.add_argument("--initial-lowpass-ang", type=float, default=d.initial_lowpass_ang)
+    p.add_argument("--gsfsc-split-ang", type=float, default=d.gsfsc_split_ang,
+                   help="halves share frequencies below this resolution (0: never)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--iterations", type=int, default=d.max_iterations, help="maximum number of iterations")
+    p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes)
+    p.add_argument("--awf", type=float, default=d.awf, help="NU adaptive window factor")
+    p.add_argument("--nu-order", type=int, default=d.nu_order, help="NU Butterworth order")
+    p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs, help="NU number of candidate cutoffs")
+    p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"))
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="resume a killed run from its last finished iteration")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    p.add_argument("--gpu", help="GPU ids (not available in this version: refused)")
+
+
+def run_refine(args):
+    from .refine import RefineConfig, Refinement
+
+    if args.gpu:
+        raise InputError("--gpu: the GPU path of refine is not implemented yet; run on the CPU")
+    cfg = RefineConfig(mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
+                       initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
+                       seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
+                       awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,
+                       nu_filter_type=args.nu_filter_type, mask_path=args.mask)
+    Refinement(args.particles, args.ref, args.out, cfg, resume=args.resume, overwrite=args.overwrite).run(
+        resume=args.resume)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 COMMANDS = {
     "simulate": (add_simulate_args, run_simulate, "simulate a particle stack from a phantom"),
     "reconstruct": (add_reconstruct_args, run_reconstruct, "reconstruct a map at the STAR file's poses"),
     "fsc": (add_fsc_args, run_fsc, "Fourier shell correlation of two maps (CSV + PNG)"),
+    "refine": (add_refine_args, run_refine, "gold-standard 3-D refinement (non-uniform or uniform)"),
     "filter": (add_filter_args, run_filter, "non-uniform (cross-validated, locally adaptive) filter of two half-maps"),
 }
 

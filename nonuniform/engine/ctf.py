@@ -9,7 +9,6 @@ of the image: axis -1 is x, axis -2 is y.
 
 import numpy as np
 
-from .backend import get_array_module
 from .fourier import freq_axes_rfft
 
 

@@ -30,6 +30,18 @@ def _fft_module(x):
     return cfft, {}
 
 
+def fftn_c(x):
+    """Full complex FFT of a real-space array with origin at ``N//2``, zero frequency at ``N//2`` too."""
+    mod, kw = _fft_module(x)
+    return mod.fftshift(mod.fftn(mod.ifftshift(x), **kw))
+
+
+def ifftn_c(f):
+    """Inverse of :func:`fftn_c` (complex result)."""
+    mod, kw = _fft_module(f)
+    return mod.fftshift(mod.ifftn(mod.ifftshift(f), **kw))
+
+
 def rfftn_c(x, axes=None):
     """Real FFT of a real-space array whose origin is at index ``N//2``.
 

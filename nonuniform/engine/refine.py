@@ -1,0 +1,540 @@
+"""Gold-standard 3-D refinement driver (uniform or non-uniform regularization).
+
+Per iteration and per half-set h (DESIGN §2):
+
+1. E-step: pose of every particle of h against h's regularized reference (:mod:`.pose_search`):
+   global coarse-to-fine searches first, local searches once the resolution supports them.
+2. M-step: CTF- and noise-weighted backprojection into two fold accumulators per half-set (the
+   half-map is their sum); the per-shell noise model σ² of h is re-estimated from the residuals.
+3. Regularize: ``uniform`` (RELION-style τ² = SSNR/w̄ from the FSC) or ``nonuniform`` (the
+   cross-validated adaptive filter of :mod:`.regularize`, fit on h's folds only).
+4. Masked, phase-randomization-corrected gold-standard FSC of the raw half-maps; the alignment
+   frequency limit and angular step follow the resolution; stop when the resolution and poses stop
+   improving, then extra final passes.
+
+All state lives in :class:`State`, checkpointed atomically after every iteration, so ``resume``
+continues a killed run and gives the result of an uninterrupted one (per-iteration seeds).
+"""
+
+import dataclasses
+import glob
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from . import filters, fourier, fsc, geometry, masks, symmetry
+from .errors import InputError
+from .io import read_mrc, write_json, write_mrc
+from .particles import load_particles, save_particles
+from .pipeline import centred_image_spectra, half_set_labels, image_shifts_px, particle_ctfs, particle_rotations
+from .pose_search import SearchParams, global_search, local_search
+from .project import Projector
+from .reconstruct import BackProjector
+from .regularize import nu_filter
+
+logger = logging.getLogger(__name__)
+
+MIN_PARTICLES_PER_HALF = 50
+
+
+@dataclasses.dataclass
+class RefineConfig:
+    """Resolved refinement parameters (written to ``config.json``)."""
+
+    mode: str = "nonuniform"
+    sym: str = "C1"
+    diameter_ang: float | None = None
+    initial_lowpass_ang: float = 30.0
+    gsfsc_split_ang: float = 20.0
+    seed: int = 0
+    max_iterations: int = 20
+    extra_final_passes: int = 1
+    min_global_iterations: int = 3
+    max_global_iterations: int = 8
+    initial_step_deg: float = 15.0
+    min_step_deg: float = 0.9
+    shift_range_px: float = 5.0
+    awf: float = 3.0
+    nu_order: int = 8
+    nu_cutoffs: int = 50
+    nu_filter_type: str = "butterworth"
+    mask_path: str | None = None
+    dynamic_mask_threshold: float = 0.2
+    dynamic_mask_near_ang: float = 6.0
+    dynamic_mask_far_ang: float = 14.0
+    dynamic_mask_start_ang: float = 12.0
+    batch: int = 256
+    pad: int = 2
+
+
+@dataclasses.dataclass
+class State:
+    """Everything a refinement needs to continue (one checkpoint per finished iteration)."""
+
+    iteration: int
+    rotations: np.ndarray  # (n, 3, 3)
+    shifts_px: np.ndarray  # (n, 2) image translations (RELION origin = -t)
+    halves: np.ndarray  # (n,) 1 or 2
+    folds: np.ndarray  # (n,) 0 or 1 within each half
+    references: np.ndarray  # (2, N, N, N) regularized references for the next E-step
+    sigma2: np.ndarray  # (2, N//2 + 1) noise power per shell, rfft2_c units; 0 = not estimated yet
+    resolution_ang: float
+    converged_at: int  # iteration at which convergence was declared (0: not yet)
+    history: list
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def resample_map(vol, apix_in, box_out, apix_out):
+    """Fourier-resample ``vol`` (N³ at ``apix_in``) onto a ``box_out``³ grid at ``apix_out`` Å/px."""
+    n = vol.shape[0]
+    # Rescale by Fourier cropping/padding to the target sampling, then crop/pad in real space.
+    m = int(round(n * apix_in / apix_out))
+    ft = fourier.fftn_c(vol)
+    out = np.zeros((m, m, m), np.complex128)
+    c_in, c_out = n // 2, m // 2
+    h = min(n, m) // 2
+    sl_in = slice(c_in - h, c_in - h + min(n, m))
+    sl_out = slice(c_out - h, c_out - h + min(n, m))
+    out[sl_out, sl_out, sl_out] = ft[sl_in, sl_in, sl_in]
+    # Same real-space values: the inverse FFT divides by m³ where the forward multiplied by n³.
+    res = np.real(fourier.ifftn_c(out)) * (m / n) ** 3
+    res = res.astype(np.float32)
+    final = np.zeros((box_out,) * 3, np.float32)
+    h = min(m, box_out)
+    a, b = m // 2 - h // 2, box_out // 2 - h // 2
+    final[b:b + h, b:b + h, b:b + h] = res[a:a + h, a:a + h, a:a + h]
+    return final
+
+
+def step_for_resolution(res_ang, diameter_ang):
+    """Angular step (deg) that moves the particle's edge by about the resolution: 360/ceil(πD/d)."""
+    return 360.0 / math.ceil(math.pi * diameter_ang / max(res_ang, 1e-3))
+
+
+def search_radius_px(res_ang, box, apix):
+    """Alignment frequency limit (Fourier px): a margin beyond the current resolution shell."""
+    shell = box * apix / res_ang
+    return float(min(box / 2.0, 1.2 * shell + 3))
+
+
+def shell_power(spectra, box, weights=None):
+    """Mean |F|² per integer shell of rfft2_c spectra (n, N, N//2+1), Hermitian-weighted."""
+    shells = fourier.shell_index_rfft((box, box)).ravel()
+    h = np.broadcast_to(fourier.rfft_hermitian_weights((box, box)), (box, box // 2 + 1)).ravel()
+    p = (np.abs(spectra.reshape(len(spectra), -1)) ** 2 * h).sum(axis=0)
+    n_sh = box // 2 + 1
+    sel = shells < n_sh
+    tot = np.bincount(shells[sel], weights=p[sel], minlength=n_sh)
+    cnt = np.bincount(shells[sel], weights=h[sel], minlength=n_sh) * len(spectra)
+    return tot / np.maximum(cnt, 1)
+
+
+def lowpass(vol, apix, res_ang):
+    return filters.lowpass_cosine(vol, apix, res_ang)
+
+
+def join_low_resolution(ref1, ref2, apix, split_ang):
+    """Replace both references' frequencies below ``1/split_ang`` by the halves' average."""
+    if not split_ang:
+        return ref1, ref2
+    box = ref1.shape[0]
+    k = fourier.radial_freq_rfft(ref1.shape) / apix
+    low = (k < 1.0 / split_ang).astype(np.float32)
+    f1, f2 = fourier.rfftn_c(ref1), fourier.rfftn_c(ref2)
+    avg = (f1 + f2) / 2
+    out = [fourier.irfftn_c(f * (1 - low) + avg * low, ref1.shape).astype(np.float32) for f in (f1, f2)]
+    del box
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+
+
+class Refinement:
+    """A gold-standard refinement writing into ``out_dir``.
+
+    Parameters
+    ----------
+    particles_star : str
+        RELION STAR file (poses are ignored: global search from the reference).
+    reference_mrc : str
+        Initial model; resampled (with a warning) if its box or pixel size differ.
+    out_dir : str
+    config : RefineConfig
+    resume : bool
+        Continue from the last checkpoint in ``out_dir``.
+    overwrite : bool
+        Allow a non-empty ``out_dir`` without ``resume``.
+    """
+
+    def __init__(self, particles_star, reference_mrc, out_dir, config, resume=False, overwrite=False):
+        self.cfg = config
+        self.out = os.path.abspath(out_dir)
+        if config.mode not in ("uniform", "nonuniform"):
+            raise InputError(f"--mode must be 'uniform' or 'nonuniform', not {config.mode!r}")
+        self.sym_ops = symmetry.symmetry_matrices(config.sym)
+        self._check_out_dir(resume, overwrite)
+        self.particles = load_particles(particles_star, require_ctf=True)
+        p = self.particles
+        self.box, self.apix = p.box_px, p.pixel_size_ang
+        if config.diameter_ang is None:
+            config.diameter_ang = 0.8 * self.box * self.apix
+        self.sphere = masks.soft_sphere(self.box, min(config.diameter_ang / 2 / self.apix, self.box / 2 - 3), 3.0)
+        self.user_mask = None
+        if config.mask_path:
+            m, am = read_mrc(config.mask_path)
+            if m.shape != (self.box,) * 3:
+                raise InputError(f"mask {config.mask_path} has shape {m.shape}, particles are {self.box} px")
+            if m.max() <= 0:
+                raise InputError(f"mask {config.mask_path} is empty")
+            self.user_mask = np.clip(m, 0, 1).astype(np.float32)
+        self.ref0 = self._initial_reference(reference_mrc)
+        halves = half_set_labels(p, np.random.default_rng(config.seed))
+        counts = [int((halves == h).sum()) for h in (1, 2)]
+        if min(counts) < MIN_PARTICLES_PER_HALF:
+            raise InputError(f"too few particles: half-sets have {counts[0]} and {counts[1]}; need at least "
+                             f"{MIN_PARTICLES_PER_HALF} per half-set")
+        self.halves = halves
+        self._create_out_dir()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _check_out_dir(self, resume, overwrite):
+        """Refuse a non-empty folder (unless resuming) or one that cannot be created, before any work."""
+        if os.path.isdir(self.out) and os.listdir(self.out) and not (resume or overwrite):
+            raise InputError(f"output folder {self.out} is not empty; use --continue to resume or "
+                             "--overwrite to start again")
+        parent = self.out
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise InputError(f"cannot create output folder {self.out}: {parent} is not a writable folder")
+
+    def _create_out_dir(self):
+        try:
+            os.makedirs(os.path.join(self.out, "checkpoints"), exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {self.out}: {exc.strerror}") from exc
+
+    def _initial_reference(self, path):
+        vol, apix = read_mrc(path)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise InputError(f"reference {path} is not a cubic 3-D map (shape {vol.shape})")
+        if not np.isfinite(vol).all():
+            raise InputError(f"reference {path} contains NaN or Inf values")
+        if apix <= 0:
+            apix = self.apix
+        if vol.shape[0] != self.box or abs(apix - self.apix) > 1e-3 * self.apix:
+            logger.warning("reference %s is %d px at %.4f Å/px; particles are %d px at %.4f Å/px: resampling",
+                           path, vol.shape[0], apix, self.box, self.apix)
+            vol = resample_map(vol, apix, self.box, self.apix)
+        if float(vol.std()) == 0:
+            raise InputError(f"reference {path} is constant")
+        return (lowpass(vol, self.apix, self.cfg.initial_lowpass_ang) * self.sphere).astype(np.float32)
+
+    def _initial_state(self):
+        n = len(self.particles)
+        rng = np.random.default_rng([self.cfg.seed, 1])
+        folds = np.zeros(n, np.int64)
+        for h in (1, 2):
+            idx = np.flatnonzero(self.halves == h)
+            folds[idx[rng.permutation(len(idx))[: len(idx) // 2]]] = 1
+        return State(iteration=0, rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_px=np.zeros((n, 2)),
+                     halves=self.halves, folds=folds, references=np.stack([self.ref0, self.ref0]),
+                     sigma2=np.zeros((2, self.box // 2 + 1)), resolution_ang=self.cfg.initial_lowpass_ang,
+                     converged_at=0, history=[])
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint_path(self, it):
+        return os.path.join(self.out, "checkpoints", f"iter{it:03d}.npz")
+
+    def save_checkpoint(self, st):
+        path = self._checkpoint_path(st.iteration)
+        from .io import atomic_write
+
+        with atomic_write(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, iteration=st.iteration, rotations=st.rotations, shifts_px=st.shifts_px,
+                         halves=st.halves, folds=st.folds, references=st.references, sigma2=st.sigma2,
+                         resolution_ang=st.resolution_ang, converged_at=st.converged_at)
+        write_json(path[:-4] + ".json", {"history": st.history})
+
+    def load_checkpoint(self):
+        files = sorted(glob.glob(os.path.join(self.out, "checkpoints", "iter*.npz")))
+        if not files:
+            return None
+        z = np.load(files[-1])
+        import json
+
+        with open(files[-1][:-4] + ".json") as f:
+            history = json.load(f)["history"]
+        if len(z["halves"]) != len(self.particles):
+            raise InputError(f"checkpoint {files[-1]} is for {len(z['halves'])} particles, the STAR file has "
+                             f"{len(self.particles)}")
+        return State(iteration=int(z["iteration"]), rotations=z["rotations"], shifts_px=z["shifts_px"],
+                     halves=z["halves"], folds=z["folds"], references=z["references"], sigma2=z["sigma2"],
+                     resolution_ang=float(z["resolution_ang"]), converged_at=int(z["converged_at"]),
+                     history=history)
+
+    # -- one iteration ----------------------------------------------------------------------
+
+    def _search_plan(self, st):
+        """Global or local search, angular step and frequency limit for the coming iteration."""
+        cfg = self.cfg
+        res = st.resolution_ang
+        step = max(cfg.min_step_deg, step_for_resolution(res, cfg.diameter_ang) / 2)
+        r_max = search_radius_px(res, self.box, self.apix)
+        # Global searches (as cryoSPARC) until the poses settle: at least a few iterations, then
+        # until fewer than 15 % of the particles jump by more than two angular steps; local
+        # searches afterwards.
+        if st.iteration < cfg.min_global_iterations or not st.history:
+            glob_ = True
+        else:
+            last = st.history[-1]
+            glob_ = (last["search"] == "global" and st.iteration < cfg.max_global_iterations
+                     and last["fraction_large_change"] > 0.15)
+        return glob_, step, r_max
+
+    def _e_and_m_step(self, st, it):
+        """Pose search + backprojection for both halves; returns new poses and accumulators."""
+        cfg, p = self.cfg, self.particles
+        glob_, step, r_max = self._search_plan(st)
+        rng = np.random.default_rng([cfg.seed, it, 7])
+        new_rot = st.rotations.copy()
+        new_shift = st.shifts_px.copy()
+        accum = {}
+        sigma2 = np.zeros_like(st.sigma2)
+        for h in (1, 2):
+            proj = Projector(st.references[h - 1], pad=cfg.pad)
+            bps = [BackProjector(self.box, pad=cfg.pad), BackProjector(self.box, pad=cfg.pad)]
+            idx_all = np.flatnonzero(st.halves == h)
+            resid = np.zeros(self.box // 2 + 1)
+            n_resid = 0
+            inv_s2 = None
+            if st.sigma2[h - 1].any():
+                s2 = np.maximum(st.sigma2[h - 1], 1e-6 * st.sigma2[h - 1].max())
+                inv_s2 = (1.0 / s2).astype(np.float32)
+            metric = "likelihood" if inv_s2 is not None else "cc"
+            for start in range(0, len(idx_all), cfg.batch):
+                idx = idx_all[start:start + cfg.batch]
+                images_ft = fourier.rfft2_c(_read(p, idx))
+                ctfs = particle_ctfs(p, idx)
+                weights_shell = inv_s2 if inv_s2 is not None else (
+                    1.0 / np.maximum(shell_power(images_ft, self.box), 1e-12)).astype(np.float32)
+                params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
+                                      shift_range_px=cfg.shift_range_px, metric=metric)
+                if glob_:
+                    res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
+                else:
+                    res = local_search(proj, images_ft, ctfs, weights_shell, r_max, st.rotations[idx],
+                                       st.shifts_px[idx], step_deg=step, radius_deg=2.5 * step,
+                                       shift_range_px=2.0, shift_step_px=0.5, final_step_deg=step / 2,
+                                       params=params)
+                new_rot[idx], new_shift[idx] = res.rotations, res.shifts_px
+                # Noise model from the residuals at the new poses, full frequency range.
+                from .project import shift_phase
+
+                pred = proj.project(res.rotations) * shift_phase(self.box, res.shifts_px)
+                if ctfs is not None:
+                    pred = pred * ctfs
+                # Scale of the prediction vs the data (the first reference's greyscale is arbitrary).
+                resid += shell_power(images_ft - _fit_scale(images_ft, pred), self.box) * len(idx)
+                n_resid += len(idx)
+                # Backproject at the new poses, noise-weighted, into the particle's fold.
+                centred = images_ft * shift_phase(self.box, -res.shifts_px)
+                w = weights_shell[np.minimum(fourier.shell_index_rfft((self.box, self.box)), len(weights_shell) - 1)]
+                for f in (0, 1):
+                    sel = st.folds[idx] == f
+                    if sel.any():
+                        bps[f].insert(centred[sel], None if ctfs is None else ctfs[sel], res.rotations[sel],
+                                      weights=np.broadcast_to(w, (int(sel.sum()),) + w.shape),
+                                      symmetry=self.sym_ops)
+            sigma2[h - 1] = resid / max(n_resid, 1)
+            accum[h] = bps
+        return new_rot, new_shift, accum, sigma2
+
+    def _masks(self, avg, res_ang):
+        """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere."""
+        cfg = self.cfg
+        if self.user_mask is not None:
+            return self.user_mask
+        if res_ang > cfg.dynamic_mask_start_ang:
+            return self.sphere
+        m = masks.auto_mask(avg, self.apix, threshold_frac=cfg.dynamic_mask_threshold,
+                            extend_ang=cfg.dynamic_mask_near_ang,
+                            soft_ang=cfg.dynamic_mask_far_ang - cfg.dynamic_mask_near_ang,
+                            lowpass_ang=max(res_ang, 2.5 * self.apix))
+        return (m * self.sphere).astype(np.float32)
+
+    def _regularize(self, accum, fsc_curve_half):
+        """References for the next iteration from the accumulators (uniform or NU)."""
+        cfg = self.cfg
+        refs, extras = [], {}
+        for h in (1, 2):
+            b1, b2 = accum[h]
+            d1, w1 = b1.hermitian_accumulators()
+            d2, w2 = b2.hermitian_accumulators()
+            if cfg.mode == "uniform":
+                shells = b1.shell_index()
+                n_sh = self.box // 2 + 1
+                sh = np.minimum(shells, n_sh)
+                wmean = np.bincount(sh.ravel(), weights=(w1 + w2).ravel(), minlength=n_sh + 1)[:n_sh] / \
+                    np.maximum(np.bincount(sh.ravel(), minlength=n_sh + 1)[:n_sh], 1)
+                f = np.clip(fsc_curve_half, 1e-3, 0.999)
+                ssnr = f / (1 - f)
+                tau2 = ssnr / np.maximum(wmean, 1e-30)
+                ref = b1.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2)
+            else:
+                q1 = b1.reconstruct(data=d1, weight=w1)
+                q2 = b1.reconstruct(data=d2, weight=w2)
+                m = b1.reconstruct(data=d1 + d2, weight=w1 + w2)
+                r = nu_filter(q1, q2, half_map=m, pixel_size_ang=self.apix, awf=cfg.awf, order=cfg.nu_order,
+                              n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
+                ref = r.filtered
+                extras[f"cutoff_half{h}"] = r.cutoff_ang
+            refs.append(ref)
+        return refs, extras
+
+    def run(self, resume=False):
+        cfg = self.cfg
+        st = self.load_checkpoint() if resume else None
+        if st is None:
+            st = self._initial_state()
+            self._write_config()
+        else:
+            logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
+        t_start = time.time()
+        while True:
+            done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
+            if done or st.iteration >= cfg.max_iterations:
+                break
+            st = self.iterate(st)
+            self.save_checkpoint(st)
+        self.write_outputs(st, time.time() - t_start)
+        return st
+
+    def iterate(self, st):
+        cfg = self.cfg
+        it = st.iteration + 1
+        t0 = time.time()
+        rot, shift, accum, sigma2 = self._e_and_m_step(st, it)
+        halves_raw = {}
+        for h in (1, 2):
+            b1, b2 = accum[h]
+            d1, w1 = b1.hermitian_accumulators()
+            d2, w2 = b2.hermitian_accumulators()
+            halves_raw[h] = b1.reconstruct(data=d1 + d2, weight=w1 + w2)
+        avg = (halves_raw[1] + halves_raw[2]) / 2
+        mask = self._masks(avg, st.resolution_ang)
+        fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))
+        res = fres.resolution_corrected_ang
+        refs, extras = self._regularize(accum, fres.corrected)
+        refs = [r * mask for r in refs]
+        refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
+        d = geometry.angular_distance_deg(rot, st.rotations) if it > 1 else np.full(len(rot), np.nan)
+        change, median_change = float(np.mean(d)), float(np.median(d))
+        glob_, step, r_max = self._search_plan(st)
+        frac_large = float(np.mean(d > 2 * step)) if it > 1 else 1.0
+        prev_best = min([h["resolution_ang"] for h in st.history], default=np.inf)
+        converged_at = st.converged_at
+        # Converged (RELION's criteria): local searches, no resolution gain over the best so far,
+        # and poses stable (median change below one angular step).
+        if not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change <= step:
+            converged_at = it
+        dt = time.time() - t0
+        entry = {"iteration": it, "resolution_ang": res, "resolution_unmasked_ang": fres.resolution_unmasked_ang,
+                 "mean_pose_change_deg": change, "median_pose_change_deg": median_change,
+                 "fraction_large_change": frac_large,
+                 "angular_step_deg": step, "search_r_max_px": r_max, "search": "global" if glob_ else "local",
+                 "seconds": dt}
+        logger.info("iteration %d: %.2f Å, mean pose change %.2f° (median %.2f°), %s search at %.2f°, %.0f s",
+                    it, res, change, median_change, entry["search"], step, dt)
+        self._last = {"halves": halves_raw, "mask": mask, "fsc": fres, "extras": extras}
+        return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
+                     references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
+                     converged_at=converged_at, history=st.history + [entry])
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _write_config(self):
+        import sys
+
+        from .. import __version__
+
+        write_json(os.path.join(self.out, "config.json"),
+                   {"version": __version__, "argv": sys.argv, "particles": self.particles.star_path,
+                    **dataclasses.asdict(self.cfg)})
+
+    def write_outputs(self, st, seconds):
+        out, apix = self.out, self.apix
+        last = getattr(self, "_last", None)
+        if last is None:  # resumed after the final iteration: rebuild the maps from the poses
+            st_prev = dataclasses.replace(st, iteration=st.iteration - 1)
+            self.iterate(st_prev)
+            last = self._last
+        h1, h2 = last["halves"][1], last["halves"][2]
+        fres = last["fsc"]
+        write_mrc(os.path.join(out, "half1.mrc"), h1, apix)
+        write_mrc(os.path.join(out, "half2.mrc"), h2, apix)
+        write_mrc(os.path.join(out, "mask.mrc"), last["mask"], apix)
+        avg = (h1 + h2) / 2
+        full = filters.apply_radial_filter(avg, filters.fsc_weighting(fres.corrected, zero_after_below=1e-4))
+        write_mrc(os.path.join(out, "map.mrc"), full, apix)
+        try:
+            sharp, bfac = filters.auto_sharpen(avg, apix, fres.corrected, fres.resolution_corrected_ang)
+        except InputError as exc:  # too few shells between 10 Å and the resolution for a Guinier fit
+            logger.warning("no automatic B-factor (%s): map_sharp.mrc is the FSC-weighted map", exc)
+            sharp, bfac = full, None
+        write_mrc(os.path.join(out, "map_sharp.mrc"), sharp, apix)
+        for name, vol in last["extras"].items():
+            write_mrc(os.path.join(out, f"{name}.mrc"), vol, apix)
+        if self.cfg.mode == "nonuniform":
+            r = nu_filter(h1, h2, half_map=avg, pixel_size_ang=apix, awf=self.cfg.awf, order=self.cfg.nu_order,
+                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=last["mask"])
+            write_mrc(os.path.join(out, "map_nu.mrc"), r.filtered, apix)
+        fsc.write_fsc_csv(os.path.join(out, "fsc.csv"), fres.curves(), self.box, apix,
+                          metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in fres.resolutions_ang().items()})
+        try:
+            from .plots import plot_fsc
+
+            plot_fsc(os.path.join(out, "fsc.png"), fres.curves(), fres.resolutions_ang(), apix, self.box)
+        except ImportError:  # pragma: no cover - matplotlib is an install requirement
+            logger.warning("matplotlib missing: no fsc.png")
+        rot, tilt, psi = geometry.matrix_to_euler(st.rotations)
+        origin_ang = -st.shifts_px * apix
+        save_particles(os.path.join(out, "particles.star"), self.particles, rot_deg=rot, tilt_deg=tilt,
+                       psi_deg=psi, shift_x_ang=origin_ang[:, 0], shift_y_ang=origin_ang[:, 1],
+                       random_subset=st.halves)
+        summary = {"resolution_ang": fres.resolution_corrected_ang,
+                   "resolution_unmasked_ang": fres.resolution_unmasked_ang,
+                   "bfactor_ang2": bfac, "iterations": st.iteration, "wall_seconds": seconds,
+                   "mode": self.cfg.mode, "n_particles": len(self.particles), "history": st.history}
+        write_json(os.path.join(out, "summary.json"), summary)
+        logger.info("final resolution %.2f Å after %d iterations -> %s", fres.resolution_corrected_ang,
+                    st.iteration, out)
+
+
+def _read(particles, idx):
+    from .particles import read_images
+
+    return read_images(particles, idx)
+
+
+def _fit_scale(data, pred):
+    """Least-squares per-image scale of ``pred`` to ``data`` (spectra), applied to ``pred``."""
+    num = np.real(np.sum(data * np.conj(pred), axis=(1, 2)))
+    den = np.sum(np.abs(pred) ** 2, axis=(1, 2))
+    return pred * (num / np.maximum(den, 1e-30))[:, None, None]
+
+
+# Shared with the CLI and tests.
+__all__ = ["RefineConfig", "Refinement", "State", "resample_map", "step_for_resolution",
+           "image_shifts_px", "particle_rotations", "centred_image_spectra"]
