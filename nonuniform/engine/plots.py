@@ -77,3 +77,39 @@ def plot_fsc(
     fig.tight_layout()
     with atomic_write(path_png) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def plot_locres_histogram(path_png, result) -> None:
+    """Plot the histogram of a local-resolution map inside its mask and save a PNG, atomically.
+
+    Parameters
+    ----------
+    path_png : str or os.PathLike
+        Output PNG file (written to a temporary file, then ``os.replace``).
+    result : nonuniform.engine.locres.LocresResult
+        Uses ``histogram_counts``, ``histogram_edges_ang`` (Å), ``median_ang``, ``threshold``
+        and ``mask`` (voxel count in the title).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(result.histogram_counts, dtype=np.float64)
+    edges = np.asarray(result.histogram_edges_ang, dtype=np.float64)
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue",
+           edgecolor="white", linewidth=0.5)
+    ax.axvline(result.median_ang, color="tab:red", ls="--", lw=1.2,
+               label=f"median {result.median_ang:.2f} Å")
+    ax.set_xlabel("local resolution (Å)")
+    ax.set_ylabel("voxels")
+    ax.set_title(
+        f"local resolution, FSC = {result.threshold:g}, {int(np.sum(result.mask))} voxels in mask",
+        fontsize="medium",
+    )
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path_png) as tmp:
+        fig.savefig(tmp, format="png")

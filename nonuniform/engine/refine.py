@@ -437,7 +437,9 @@ class Refinement:
         fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))
         res = fres.resolution_corrected_ang
         refs, extras = self._regularize(accum, fres.corrected)
-        refs = [r * mask for r in refs]
+        # Each reference is masked with a mask made from its own half-map (gold-standard: in NU
+        # mode nothing of the other half reaches it, apart from the joined low frequencies).
+        refs = [r * self._masks(halves_raw[h], st.resolution_ang) for h, r in zip((1, 2), refs)]
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
         d = geometry.angular_distance_deg(rot, st.rotations) if it > 1 else np.full(len(rot), np.nan)
         change, median_change = float(np.mean(d)), float(np.median(d))
