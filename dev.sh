@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Developer entry point (see README.rst). Creates ./.venv and installs the project on first use.
 #   ./dev.sh test [pytest arguments]   run the test suite
-#   ./dev.sh demo [DIR]                simulate a small dataset, reconstruct it, compute its FSC
+#   ./dev.sh demo [DIR]                simulate a membrane-like dataset, refine it uniform and NU, report
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,11 +43,7 @@ case "${1:-}" in
         ensure_venv
         mkdir -p "$out"
         touch "$out/.nonuniform-demo"
-        "$VENV/bin/nonuniform" simulate --out "$out/data" --n-particles 2000 --box 64 \
-            --pixel-size 2.0 --snr 0.1 --seed 0 --phantom membrane
-        "$VENV/bin/nonuniform" reconstruct --particles "$out/data/particles.star" \
-            --out "$out/map.mrc" --halves
-        "$VENV/bin/nonuniform" fsc "$out/map_half1.mrc" "$out/map_half2.mrc" --out "$out/fsc"
+        "$VENV/bin/nonuniform" demo --out "$out/run"
         echo "demo outputs in $out/"
         ;;
     *)

@@ -309,8 +309,33 @@ def run_refine(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# demo
+
+
+def add_demo_args(p):
+    p.add_argument("--out", default="nonuniform-demo", help="output folder (default ./nonuniform-demo)")
+    p.add_argument("--n-particles", type=int, default=2000)
+    p.add_argument("--box", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_demo(args):
+    from .demo import run_demo as demo
+
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        raise InputError(f"output folder {args.out} is not empty; give another --out")
+    t0 = time.time()
+    demo(args.out, n_particles=args.n_particles, box=args.box, seed=args.seed)
+    logger.info("demo finished in %.0f s: see %s", time.time() - t0, os.path.join(args.out, "report.md"))
+    with open(os.path.join(args.out, "report.md")) as f:
+        print(f.read())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 COMMANDS = {
+    "demo": (add_demo_args, run_demo, "simulate a membrane-like dataset, refine it uniform and NU, report"),
     "simulate": (add_simulate_args, run_simulate, "simulate a particle stack from a phantom"),
     "reconstruct": (add_reconstruct_args, run_reconstruct, "reconstruct a map at the STAR file's poses"),
     "fsc": (add_fsc_args, run_fsc, "Fourier shell correlation of two maps (CSV + PNG)"),

@@ -335,7 +335,7 @@ class Refinement:
                     res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
                 else:
                     res = local_search(proj, images_ft, ctfs, weights_shell, r_max, st.rotations[idx],
-                                       st.shifts_px[idx], step_deg=step, radius_deg=2.5 * step,
+                                       st.shifts_px[idx], step_deg=step, radius_deg=1.5 * step,
                                        shift_range_px=2.0, shift_step_px=0.5, final_step_deg=step / 2,
                                        params=params)
                 new_rot[idx], new_shift[idx] = res.rotations, res.shifts_px
