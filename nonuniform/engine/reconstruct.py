@@ -4,7 +4,9 @@ For every image coefficient ``X`` with CTF ``c`` and weight ``w`` (e.g. 1/σ² o
 transposed trilinear weights ``t`` of its slice position add ``t·w·c·X`` to ``data`` and ``t·w·c²``
 to ``weight``. The map is ``data / max(weight + 1/τ², floor)`` (RELION's MAP/Wiener division;
 without τ² a small floor, 1e-3 of the shell-average weight, keeps empty voxels finite), brought
-back to real space, cropped, and divided by the gridding sinc².
+back to real space, cropped, divided by the gridding sinc², and multiplied by a soft sphere of
+radius N/2 (3 px raised-cosine edge) as ``relion_reconstruct`` does, which drops the noise that
+otherwise fills the box corners (~48 % of the cube).
 
 Accumulators are float64 and hold one fold; folds add (``+=``) so half-set and quarter maps
 share one backprojection pass (DESIGN §2).
@@ -14,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from . import fourier
+from .masks import soft_sphere
 from .project import gridding_correction, hermitian_pair_weight, image_pixels, slice_coords
 
 
@@ -145,7 +148,7 @@ class BackProjector:
         r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + kx[None, None, :] ** 2) / self.pad
         return np.rint(r).astype(np.int32)
 
-    def reconstruct(self, tau2=None, floor_frac=1e-3, data=None, weight=None):
+    def reconstruct(self, tau2=None, floor_frac=1e-3, data=None, weight=None, edge_px=3.0):
         """Real-space map from the accumulators.
 
         Parameters
@@ -157,6 +160,9 @@ class BackProjector:
             Minimum denominator as a fraction of the shell-average weight.
         data, weight : ndarray, optional
             Pre-completed accumulators (from :meth:`hermitian_accumulators`), e.g. summed over folds.
+        edge_px : float or None
+            Multiply the map by a sphere that is 1 out to radius N/2 and falls to 0 over this many
+            px (raised cosine), like relion_reconstruct's output; None keeps the whole box.
 
         Returns
         -------
@@ -184,4 +190,7 @@ class BackProjector:
         big = fourier.irfftn_c(spec, (m, m, m))
         o = m // 2 - self.box // 2
         vol = big[o:o + self.box, o:o + self.box, o:o + self.box]
-        return (vol / gridding_correction(self.box, self.pad)).astype(np.float32)
+        vol = vol / gridding_correction(self.box, self.pad)
+        if edge_px is not None:
+            vol = vol * soft_sphere(self.box, self.box / 2, edge_px)
+        return vol.astype(np.float32)
