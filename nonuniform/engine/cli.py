@@ -309,6 +309,49 @@ def run_refine(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# locres
+
+
+def add_locres_args(p):
+    p.add_argument("--half1", required=True, help="first half-map (.mrc)")
+    p.add_argument("--half2", required=True, help="second half-map (.mrc)")
+    p.add_argument("--out", required=True, help="output folder (created if absent)")
+    p.add_argument("--mask", help="mask (.mrc): statistics and histogram inside it")
+    p.add_argument("--threshold", type=float, default=0.143, help="local FSC threshold")
+    p.add_argument("--window-factor", type=float, default=4.0,
+                   help="window radius (2σ) in units of each band's wavelength")
+    p.add_argument("--bands", type=int, default=24, help="number of frequency bands")
+
+
+def run_locres(args):
+    from .locres import local_resolution, write_locres_outputs
+
+    v1, a1 = _read_map(args.half1, "half-map")
+    v2, a2 = _read_map(args.half2, "half-map")
+    _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
+    for v, name in ((v1, args.half1), (v2, args.half2)):
+        if float(v.std()) == 0.0:
+            raise InputError(f"half-map {name} is constant (empty): no local resolution")
+    mask = None
+    if args.mask:
+        mask, am = _read_map(args.mask, "mask")
+        _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
+    if not a1 > 0:
+        raise InputError(f"{args.half1} has no pixel size in its header")
+    t0 = time.time()
+    res = local_resolution(v1, v2, a1, mask=mask, threshold=args.threshold, window_factor=args.window_factor,
+                           n_bands=args.bands)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from exc
+    write_locres_outputs(args.out, res, a1)
+    logger.info("local resolution in %.1f s: median %.2f Å (5-95 %%: %.2f-%.2f Å) -> %s", time.time() - t0,
+                res.median_ang, res.percentiles_ang[5], res.percentiles_ang[95], args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # demo
 
 
@@ -340,6 +383,7 @@ COMMANDS = {
     "reconstruct": (add_reconstruct_args, run_reconstruct, "reconstruct a map at the STAR file's poses"),
     "fsc": (add_fsc_args, run_fsc, "Fourier shell correlation of two maps (CSV + PNG)"),
     "refine": (add_refine_args, run_refine, "gold-standard 3-D refinement (non-uniform or uniform)"),
+    "locres": (add_locres_args, run_locres, "local resolution map (band-wise local FSC) of two half-maps"),
     "filter": (add_filter_args, run_filter, "non-uniform (cross-validated, locally adaptive) filter of two half-maps"),
 }
 

@@ -12,7 +12,7 @@ from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_fsc"]
+__all__ = ["plot_fsc", "plot_locres_histogram"]
 
 
 def plot_fsc(
@@ -108,7 +108,7 @@ def plot_locres_histogram(path_png, result) -> None:
         f"local resolution, FSC = {result.threshold:g}, {int(np.sum(result.mask))} voxels in mask",
         fontsize="medium",
     )
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_write(path_png) as tmp:

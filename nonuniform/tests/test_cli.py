@@ -104,3 +104,21 @@ def test_fsc_bad_input(tmp_path, caplog):
         msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(msgs) == 1 and ("small.mrc" if culprit == "mask" else culprit) in msgs[0]
     assert not list(tmp_path.glob("f.*"))
+
+
+def test_locres_command(tmp_path, caplog):
+    rng = np.random.default_rng(4)
+    truth = blob_phantom(40, rng)
+    h1, h2 = (truth + rng.normal(0, 0.05, truth.shape).astype(np.float32) for _ in range(2))
+    io.write_mrc(str(tmp_path / "h1.mrc"), h1, 1.5)
+    io.write_mrc(str(tmp_path / "h2.mrc"), h2, 1.5)
+    out = tmp_path / "loc"
+    assert cli.main(["locres", "--half1", str(tmp_path / "h1.mrc"), "--half2", str(tmp_path / "h2.mrc"),
+                     "--out", str(out)]) == 0
+    loc, apix = io.read_mrc(str(out / "locres.mrc"))
+    assert apix == pytest.approx(1.5) and loc.min() >= 3.0 - 1e-4  # never finer than Nyquist
+    assert (out / "locres_histogram.png").exists() and (out / "locres.json").exists()
+    io.write_mrc(str(tmp_path / "other.mrc"), h2[:32, :32, :32], 1.5)
+    assert cli.main(["locres", "--half1", str(tmp_path / "h1.mrc"), "--half2", str(tmp_path / "other.mrc"),
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
