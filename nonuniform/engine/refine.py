@@ -329,8 +329,9 @@ class Refinement:
                 ctfs = particle_ctfs(p, idx)
                 weights_shell = inv_s2 if inv_s2 is not None else (
                     1.0 / np.maximum(shell_power(images_ft, self.box), 1e-12)).astype(np.float32)
+                # Coarse shifts every 2 px (RELION's offset step at oversampling 1), halved per level.
                 params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
-                                      shift_range_px=cfg.shift_range_px, metric=metric)
+                                      shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric)
                 if glob_:
                     res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
                 else:

@@ -67,6 +67,43 @@ def window_radii(box, awf, cutoffs, n_windows=6):
     return np.geomspace(lo, max(hi, lo), n_windows)
 
 
+def window_grid(box, radius_px, tol=1e-3):
+    """Smallest even grid (<= box) whose Nyquist holds a Gaussian window's transform down to ``tol``."""
+    sigma = radius_px / 2.0
+    k_cut = np.sqrt(np.log(1 / tol) / (2 * np.pi ** 2)) / sigma  # cycles/px where the FT is tol
+    n = int(np.ceil(2 * k_cut * box / 2.0)) * 2
+    return int(min(box, max(8, n)))
+
+
+def _crop_freq(freq, box, n):
+    """|k| (cycles/px of the full grid) on the cropped rfft grid of size n."""
+    return crop_spectrum(freq, box, n)
+
+
+def crop_spectrum(f, box, n):
+    """Keep the |k| < n/2 part of an rfft-layout (box, box, box//2+1) spectrum: shape (n, n, n//2+1).
+
+    The inverse transform on the n³ grid samples the low-passed map every box/n voxels (its
+    amplitude scaled by n³/box³, the same for every candidate compared on that grid).
+    """
+    if n >= box:
+        return f
+    xp = get_array_module(f)
+    h = n // 2
+    idx = xp.concatenate([xp.arange(h), xp.arange(box - h, box)])
+    return f[idx][:, idx][:, :, : h + 1]
+
+
+def upsample_nearest(a, box):
+    """Nearest-neighbour resampling of an n³ map (origin at n//2) onto box³ (origin at box//2)."""
+    n = a.shape[0]
+    if n == box:
+        return a
+    xp = get_array_module(a)
+    i = xp.clip(xp.rint((xp.arange(box) - box // 2) * (n / box)).astype(xp.int64) + n // 2, 0, n - 1)
+    return a[i][:, i][:, :, i]
+
+
 @dataclasses.dataclass
 class NUResult:
     """Output of :func:`nu_filter`.
@@ -134,20 +171,24 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     q2 = xp.asarray(fold2, dtype=xp.float32)
     cutoffs = candidate_cutoffs(box, n_cutoffs)
     radii = window_radii(box, awf, cutoffs, n_windows)
-    windows = [gaussian_window_ft(freq, r) for r in radii]
-    best = xp.full((len(radii),) + shape, xp.inf, dtype=xp.float32)
-    arg = xp.zeros((len(radii),) + shape, dtype=xp.int16)
+    # The windowed losses are smooth on the window's scale: evaluate each on the coarsest grid
+    # that holds its window's pass band (Fourier crop), then bring the choices back to N³.
+    grids = [window_grid(box, r) for r in radii]
+    windows = [gaussian_window_ft(_crop_freq(freq, box, n), r) for r, n in zip(radii, grids)]
+    best = [xp.full((n,) * 3, xp.inf, dtype=xp.float32) for n in grids]
+    arg = [xp.zeros((n,) * 3, dtype=xp.int16) for n in grids]
     for j, fc in enumerate(cutoffs):
         g = lowpass_gain(freq, fc, kind, order)
         y1 = fourier.irfftn_c(f1 * g, shape)
         y2 = fourier.irfftn_c(f2 * g, shape)
         err = (y1 - q2) ** 2 + (y2 - q1) ** 2
         ferr = fourier.rfftn_c(err)
-        for k, w in enumerate(windows):
-            loss = fourier.irfftn_c(ferr * w, shape)
+        for k, (w, n) in enumerate(zip(windows, grids)):
+            loss = fourier.irfftn_c(crop_spectrum(ferr, box, n) * w, (n,) * 3)
             better = loss < best[k]
             best[k] = xp.where(better, loss, best[k])
             arg[k] = xp.where(better, j, arg[k])
+    arg = xp.stack([upsample_nearest(a, box) for a in arg])
     # Per voxel, the window consistent with its own choice: radius closest (in log) to awf / f_j*.
     wanted = xp.log(awf / xp.asarray(cutoffs, dtype=xp.float32)[arg.astype(xp.int64)])
     mismatch = xp.abs(wanted - xp.log(xp.asarray(radii, dtype=xp.float32))[:, None, None, None])
