@@ -59,6 +59,25 @@ def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
         raise InputError(f"{name_b} has pixel size {apix_b:.4f} Å but {name_a} has {apix_a:.4f} Å")
 
 
+def _read_half_maps(args):
+    """``--half1``, ``--half2`` and optional ``--mask``, validated: (half1, half2, pixel size, mask)."""
+    v1, a1 = _read_map(args.half1, "half-map")
+    v2, a2 = _read_map(args.half2, "half-map")
+    _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
+    for v, name in ((v1, args.half1), (v2, args.half2)):
+        if float(v.std()) == 0.0:
+            raise InputError(f"half-map {name} is constant (empty)")
+    mask = None
+    if args.mask:
+        mask, am = _read_map(args.mask, "mask")
+        _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
+        if mask.max() <= 0:
+            raise InputError(f"mask {args.mask} is empty")
+    if not a1 > 0:
+        raise InputError(f"{args.half1} has no pixel size in its header")
+    return v1, v2, a1, mask
+
+
 # ----------------------------------------------------------------------------------------------
 # simulate
 
@@ -222,20 +241,7 @@ def run_filter(args):
     from .io import write_json, write_mrc
     from .regularize import nu_filter
 
-    v1, a1 = _read_map(args.half1, "half-map")
-    v2, a2 = _read_map(args.half2, "half-map")
-    _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
-    for v, name in ((v1, args.half1), (v2, args.half2)):
-        if float(v.std()) == 0.0:
-            raise InputError(f"half-map {name} is constant (empty): nothing to filter")
-    mask = None
-    if args.mask:
-        mask, am = _read_map(args.mask, "mask")
-        _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
-        if mask.max() <= 0:
-            raise InputError(f"mask {args.mask} is empty")
-    if not a1 > 0:
-        raise InputError(f"{args.half1} has no pixel size in its header")
+    v1, v2, a1, mask = _read_half_maps(args)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
@@ -326,18 +332,7 @@ def add_locres_args(p):
 def run_locres(args):
     from .locres import local_resolution, write_locres_outputs
 
-    v1, a1 = _read_map(args.half1, "half-map")
-    v2, a2 = _read_map(args.half2, "half-map")
-    _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
-    for v, name in ((v1, args.half1), (v2, args.half2)):
-        if float(v.std()) == 0.0:
-            raise InputError(f"half-map {name} is constant (empty): no local resolution")
-    mask = None
-    if args.mask:
-        mask, am = _read_map(args.mask, "mask")
-        _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
-    if not a1 > 0:
-        raise InputError(f"{args.half1} has no pixel size in its header")
+    v1, v2, a1, mask = _read_half_maps(args)
     t0 = time.time()
     res = local_resolution(v1, v2, a1, mask=mask, threshold=args.threshold, window_factor=args.window_factor,
                            n_bands=args.bands)
