@@ -240,6 +240,27 @@ def open_stack(path):
         return view
 
 
+def release_stack_pages(path):
+    """Drop the pages of a memory-mapped stack from this process's resident set.
+
+    Reading particles touches every page of their stacks; without this the resident size grows
+    with the number of particles read (the pages stay reclaimable page cache, so the data is
+    re-read from memory, not disk, when needed again).
+    """
+    import mmap
+
+    with _stack_lock:
+        cached = _stack_cache.get(os.path.abspath(os.fspath(path)))
+    if cached is None:
+        return
+    base = getattr(cached[1].data, "_mmap", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - advisory only
+            pass
+
+
 def close_stacks():
     """Close every stack kept open by :func:`open_stack`."""
     with _stack_lock:

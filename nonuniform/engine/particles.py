@@ -20,7 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .errors import InputError
-from .io import Table, open_stack, read_star, stack_dims, write_star
+from .io import Table, open_stack, read_star, release_stack_pages, stack_dims, write_star
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +362,7 @@ def read_images(particles, indices):
         locs = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         dest = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
         out[dest] = stack[locs]
+        release_stack_pages(path)
     finite = np.isfinite(out).all(axis=(1, 2))
     if not finite.all():
         k = int(np.argmin(finite))
