@@ -18,6 +18,7 @@ continues a killed run and gives the result of an uninterrupted one (per-iterati
 
 import dataclasses
 import glob
+import json
 import logging
 import math
 import os
@@ -27,11 +28,11 @@ import numpy as np
 
 from . import filters, fourier, fsc, geometry, masks, symmetry
 from .errors import InputError
-from .io import read_mrc, write_json, write_mrc
-from .particles import load_particles, save_particles
-from .pipeline import centred_image_spectra, half_set_labels, image_shifts_px, particle_ctfs, particle_rotations
+from .io import atomic_write, read_mrc, write_json, write_mrc
+from .particles import load_particles, read_images, save_particles
+from .pipeline import half_set_labels, particle_ctfs
 from .pose_search import SearchParams, global_search, local_search
-from .project import Projector
+from .project import Projector, shift_phase
 from .reconstruct import BackProjector
 from .regularize import nu_filter
 
@@ -123,7 +124,7 @@ def search_radius_px(res_ang, box, apix):
     return float(min(box / 2.0, 1.2 * shell + 3))
 
 
-def shell_power(spectra, box, weights=None):
+def shell_power(spectra, box):
     """Mean |F|² per integer shell of rfft2_c spectra (n, N, N//2+1), Hermitian-weighted."""
     shells = fourier.shell_index_rfft((box, box)).ravel()
     h = np.broadcast_to(fourier.rfft_hermitian_weights((box, box)), (box, box // 2 + 1)).ravel()
@@ -135,21 +136,15 @@ def shell_power(spectra, box, weights=None):
     return tot / np.maximum(cnt, 1)
 
 
-def lowpass(vol, apix, res_ang):
-    return filters.lowpass_cosine(vol, apix, res_ang)
-
-
 def join_low_resolution(ref1, ref2, apix, split_ang):
     """Replace both references' frequencies below ``1/split_ang`` by the halves' average."""
     if not split_ang:
         return ref1, ref2
-    box = ref1.shape[0]
     k = fourier.radial_freq_rfft(ref1.shape) / apix
     low = (k < 1.0 / split_ang).astype(np.float32)
     f1, f2 = fourier.rfftn_c(ref1), fourier.rfftn_c(ref2)
     avg = (f1 + f2) / 2
     out = [fourier.irfftn_c(f * (1 - low) + avg * low, ref1.shape).astype(np.float32) for f in (f1, f2)]
-    del box
     return out[0], out[1]
 
 
@@ -237,7 +232,7 @@ class Refinement:
             vol = resample_map(vol, apix, self.box, self.apix)
         if float(vol.std()) == 0:
             raise InputError(f"reference {path} is constant")
-        return (lowpass(vol, self.apix, self.cfg.initial_lowpass_ang) * self.sphere).astype(np.float32)
+        return (filters.lowpass_cosine(vol, self.apix, self.cfg.initial_lowpass_ang) * self.sphere).astype(np.float32)
 
     def _initial_state(self):
         n = len(self.particles)
@@ -258,8 +253,6 @@ class Refinement:
 
     def save_checkpoint(self, st):
         path = self._checkpoint_path(st.iteration)
-        from .io import atomic_write
-
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, iteration=st.iteration, rotations=st.rotations, shifts_px=st.shifts_px,
@@ -272,8 +265,6 @@ class Refinement:
         if not files:
             return None
         z = np.load(files[-1])
-        import json
-
         with open(files[-1][:-4] + ".json") as f:
             history = json.load(f)["history"]
         if len(z["halves"]) != len(self.particles):
@@ -325,7 +316,7 @@ class Refinement:
             metric = "likelihood" if inv_s2 is not None else "cc"
             for start in range(0, len(idx_all), cfg.batch):
                 idx = idx_all[start:start + cfg.batch]
-                images_ft = fourier.rfft2_c(_read(p, idx))
+                images_ft = fourier.rfft2_c(read_images(p, idx))
                 ctfs = particle_ctfs(p, idx)
                 weights_shell = inv_s2 if inv_s2 is not None else (
                     1.0 / np.maximum(shell_power(images_ft, self.box), 1e-12)).astype(np.float32)
@@ -341,8 +332,6 @@ class Refinement:
                                        params=params)
                 new_rot[idx], new_shift[idx] = res.rotations, res.shifts_px
                 # Noise model from the residuals at the new poses, full frequency range.
-                from .project import shift_phase
-
                 pred = proj.project(res.rotations) * shift_phase(self.box, res.shifts_px)
                 if ctfs is not None:
                     pred = pred * ctfs
@@ -525,19 +514,9 @@ class Refinement:
                     st.iteration, out)
 
 
-def _read(particles, idx):
-    from .particles import read_images
-
-    return read_images(particles, idx)
-
-
 def _fit_scale(data, pred):
     """Least-squares per-image scale of ``pred`` to ``data`` (spectra), applied to ``pred``."""
     num = np.real(np.sum(data * np.conj(pred), axis=(1, 2)))
     den = np.sum(np.abs(pred) ** 2, axis=(1, 2))
     return pred * (num / np.maximum(den, 1e-30))[:, None, None]
 
-
-# Shared with the CLI and tests.
-__all__ = ["RefineConfig", "Refinement", "State", "resample_map", "step_for_resolution",
-           "image_shifts_px", "particle_rotations", "centred_image_spectra"]
