@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/x-rst",
     url="https://github.com/scipion-em/scipion-em-nonuniform",
     license="GPLv3",
-    python_requires=">=3.8",
+    python_requires=">=3.10",
     packages=find_packages(include=["nonuniform", "nonuniform.*"]),
     package_data={"nonuniform": ["protocols.conf", "*.png"]},
     install_requires=[
@@ -34,7 +34,6 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x"],
-        "mpi": ["mpi4py"],
         "test": ["pytest"],
     },
     entry_points={
