@@ -392,7 +392,10 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (add_args, _, help_) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        # Also accepted after the command (``nonuniform refine ... --threads 2``).
+        p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="CPU threads for FFTs and kernels")
     return parser
 
 
