@@ -364,34 +364,28 @@ class Refinement:
                             lowpass_ang=max(res_ang, 2.5 * self.apix))
         return (m * self.sphere).astype(np.float32)
 
-    def _regularize(self, accum, fsc_curve_half):
-        """References for the next iteration from the accumulators (uniform or NU)."""
+    def _regularize(self, bp, folds, half_map, fsc_curve_half):
+        """Reference of one half-set for the next iteration (uniform or NU).
+
+        ``folds`` are the half-set's two Hermitian-completed (data, weight) accumulators and
+        ``half_map`` its raw (unregularized) reconstruction; ``bp`` provides the grid geometry.
+        Returns the reference and, in NU mode, the cutoff map (else None).
+        """
         cfg = self.cfg
-        refs, extras = [], {}
-        for h in (1, 2):
-            b1, b2 = accum[h]
-            d1, w1 = b1.hermitian_accumulators()
-            d2, w2 = b2.hermitian_accumulators()
-            if cfg.mode == "uniform":
-                shells = b1.shell_index()
-                n_sh = self.box // 2 + 1
-                sh = np.minimum(shells, n_sh)
-                wmean = np.bincount(sh.ravel(), weights=(w1 + w2).ravel(), minlength=n_sh + 1)[:n_sh] / \
-                    np.maximum(np.bincount(sh.ravel(), minlength=n_sh + 1)[:n_sh], 1)
-                f = np.clip(fsc_curve_half, 1e-3, 0.999)
-                ssnr = f / (1 - f)
-                tau2 = ssnr / np.maximum(wmean, 1e-30)
-                ref = b1.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2)
-            else:
-                q1 = b1.reconstruct(data=d1, weight=w1)
-                q2 = b1.reconstruct(data=d2, weight=w2)
-                m = b1.reconstruct(data=d1 + d2, weight=w1 + w2)
-                r = nu_filter(q1, q2, half_map=m, pixel_size_ang=self.apix, awf=cfg.awf, order=cfg.nu_order,
-                              n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
-                ref = r.filtered
-                extras[f"cutoff_half{h}"] = r.cutoff_ang
-            refs.append(ref)
-        return refs, extras
+        (d1, w1), (d2, w2) = folds
+        if cfg.mode == "uniform":
+            n_sh = self.box // 2 + 1
+            sh = np.minimum(bp.shell_index(), n_sh).ravel()
+            wmean = np.bincount(sh, weights=(w1 + w2).ravel(), minlength=n_sh + 1)[:n_sh] / \
+                np.maximum(np.bincount(sh, minlength=n_sh + 1)[:n_sh], 1)
+            f = np.clip(fsc_curve_half, 1e-3, 0.999)
+            tau2 = f / (1 - f) / np.maximum(wmean, 1e-30)  # RELION: τ² = SSNR / mean weight
+            return bp.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2), None
+        q1 = bp.reconstruct(data=d1, weight=w1)
+        q2 = bp.reconstruct(data=d2, weight=w2)
+        r = nu_filter(q1, q2, half_map=half_map, pixel_size_ang=self.apix, awf=cfg.awf, order=cfg.nu_order,
+                      n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
+        return r.filtered, r.cutoff_ang
 
     def run(self, resume=False):
         cfg = self.cfg
@@ -416,20 +410,23 @@ class Refinement:
         it = st.iteration + 1
         t0 = time.time()
         rot, shift, accum, sigma2 = self._e_and_m_step(st, it)
-        halves_raw = {}
+        halves_raw, folds = {}, {}
         for h in (1, 2):
-            b1, b2 = accum[h]
-            d1, w1 = b1.hermitian_accumulators()
-            d2, w2 = b2.hermitian_accumulators()
-            halves_raw[h] = b1.reconstruct(data=d1 + d2, weight=w1 + w2)
+            folds[h] = [b.hermitian_accumulators() for b in accum[h]]
+            (d1, w1), (d2, w2) = folds[h]
+            halves_raw[h] = accum[h][0].reconstruct(data=d1 + d2, weight=w1 + w2)
         avg = (halves_raw[1] + halves_raw[2]) / 2
         mask = self._masks(avg, st.resolution_ang)
         fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))
         res = fres.resolution_corrected_ang
-        refs, extras = self._regularize(accum, fres.corrected)
-        # Each reference is masked with a mask made from its own half-map (gold-standard: in NU
-        # mode nothing of the other half reaches it, apart from the joined low frequencies).
-        refs = [r * self._masks(halves_raw[h], st.resolution_ang) for h, r in zip((1, 2), refs)]
+        refs, extras = [], {}
+        for h in (1, 2):
+            ref, cutoff = self._regularize(accum[h][0], folds[h], halves_raw[h], fres.corrected)
+            # Each reference is masked with a mask made from its own half-map (gold-standard: in NU
+            # mode nothing of the other half reaches it, apart from the joined low frequencies).
+            refs.append(ref * self._masks(halves_raw[h], st.resolution_ang))
+            if cutoff is not None:
+                extras[f"cutoff_half{h}"] = cutoff
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
         d = geometry.angular_distance_deg(rot, st.rotations) if it > 1 else np.full(len(rot), np.nan)
         change, median_change = float(np.mean(d)), float(np.median(d))
