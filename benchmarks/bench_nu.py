@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from nonuniform.engine import filters, fourier, fsc, io, phantoms, regularize
+from nonuniform.engine import filters, fourier, fsc, io, membrane, phantoms, regularize, simulate
 from nonuniform.engine.demo import evaluate_run
 from nonuniform.engine.particles import load_particles
 from nonuniform.engine.refine import RefineConfig, Refinement
@@ -79,12 +79,12 @@ def bench_refine(args):
     rng = np.random.default_rng(args.seed)
     if not os.path.exists(os.path.join(data, "particles.star")):
         if args.phantom == "membrane":
-            ph = phantoms.membrane_phantom(args.box, args.pixel_size, rng)
+            ph = membrane.membrane_phantom(args.box, args.pixel_size, rng)
             truth = ph.truth()
         else:
             ph = truth = phantoms.protein_phantom(args.box, args.pixel_size, rng)
-        sim = phantoms.simulate_particles(ph, args.n, args.pixel_size, rng, snr=args.snr)
-        phantoms.write_simulation(data, sim, args.pixel_size, truth)
+        sim = simulate.simulate_particles(ph, args.n, args.pixel_size, rng, snr=args.snr)
+        simulate.write_simulation(data, sim, args.pixel_size, truth)
         io.write_mrc(os.path.join(data, "init.mrc"), filters.lowpass_cosine(truth, args.pixel_size, 30.0),
                      args.pixel_size)
     truth, apix = io.read_mrc(os.path.join(data, "truth.mrc"))

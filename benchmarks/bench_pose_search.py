@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from nonuniform.engine import ctf, fourier, geometry, pose_search, project
+from nonuniform.engine import ctf, fourier, geometry, pose_search, project, scoring
 
 
 def best_time(f, repeat=3):
@@ -51,21 +51,21 @@ def scoring_gemms(raw_s, n_img=128, chunk=1024):
 
 
 def _scoring_row(proj, rng, raw_s, n_img, chunk, r, t_n):
-    pix = pose_search.pixel_set(proj.box, r)
+    pix = scoring.pixel_set(proj.box, r)
     p = len(pix.ky)
     tm = proj.project_pixels(geometry.random_rotations(chunk, rng), pix.ky, pix.kx)
     x = (rng.standard_normal((n_img, p)) + 1j * rng.standard_normal((n_img, p))).astype(np.complex64)
     c = rng.uniform(-1, 1, (n_img, p)).astype(np.float32)
     w = np.ones(p, np.float32)
     shifts = rng.uniform(-3, 3, (t_n, 2))
-    base = pose_search.image_terms(x, c, w)[0]
-    a = pose_search.image_side(base, pix, None, shifts).reshape(n_img * t_n, p)
+    base = scoring.image_terms(x, c, w)[0]
+    a = scoring.image_side(base, pix, None, shifts).reshape(n_img * t_n, p)
     a2, tm2 = a.view(np.float32), tm.view(np.float32)
     tmc = np.ascontiguousarray(tm.conj().T)
     flops = 4 * n_img * t_n * p * chunk
     t_real = best_time(lambda: np.matmul(a2, tm2.T))
     t_cplx = best_time(lambda: np.matmul(a, tmc))
-    t_all = best_time(lambda: pose_search.score_poses(x, c, w, tm, shifts, pix, top_k=8, chunk=chunk))
+    t_all = best_time(lambda: scoring.score_poses(x, c, w, tm, shifts, pix, top_k=8, chunk=chunk))
     g_real, g_cplx = flops / t_real / 1e9, flops / t_cplx / 1e9
     g_all = (flops + 2 * n_img * p * chunk) / t_all / 1e9
     print(f"{r:7.1f} {p:5d} {t_n:3d} | {g_real:9.1f} GF/s   {g_cplx:9.1f} GF/s  | {g_all:9.1f} GF/s    |"
@@ -73,7 +73,7 @@ def _scoring_row(proj, rng, raw_s, n_img, chunk, r, t_n):
 
 
 class Profile:
-    """Wall time per stage of pose_search, by wrapping its building blocks (benchmark only)."""
+    """Wall time per stage of the pose search, by wrapping its building blocks (benchmark only)."""
 
     def __init__(self):
         self.t = defaultdict(float)
@@ -92,7 +92,7 @@ class Profile:
 
 
 class _TimedNumpy:
-    """numpy with a timed ``matmul``, swapped into pose_search's namespace (benchmark only)."""
+    """numpy with a timed ``matmul``, swapped into the scoring module's namespace (benchmark only)."""
 
     def __init__(self, prof):
         self._prof = prof
@@ -150,19 +150,20 @@ def global_search_bench(n_img, r_max_px, final_step_deg, top_k=8, refine_top_k=4
     pose_search.global_search(proj, ft[:4], ctfs[:4], inv_sigma2, r_max_px, params)
 
     prof = Profile()
-    real_np = pose_search.np
+    real_np = scoring.np
     prof.wrap(proj, "project_pixels", "template projection")
+    prof.wrap(pose_search, "gather", "gather pixels")
     for name, label in (("image_side", "image-side arrays (A)"), ("image_terms", "image-side arrays (A)"),
-                        ("gather", "gather pixels"), ("_reduce", "reduction (max/top-K)"),
+                        ("_reduce", "reduction (max/top-K)"),
                         ("_abs2", "norm terms |T|^2"), ("_weighted_norms", "norm terms |T|^2")):
-        prof.wrap(pose_search, name, label)
-    pose_search.np = _TimedNumpy(prof)
+        prof.wrap(scoring, name, label)
+    scoring.np = _TimedNumpy(prof)
     try:
         t, cpu = time.perf_counter(), time.process_time()
         res = pose_search.global_search(proj, ft, ctfs, inv_sigma2, r_max_px, params)
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     finally:
-        pose_search.np = real_np
+        scoring.np = real_np
     err = geometry.angular_distance_deg(res.rotations, rots)
     print(f"\nglobal search, box {box} (reference box {proj.box}), {n_img} images, SNR 0.1, r_max {r_max_px} px, 15° -> {final_step_deg}° "
           f"(4392 coarse rotations x 21 shifts, then {len(geometry.local_grid(np.eye(3), 1, local_radius_steps))}"

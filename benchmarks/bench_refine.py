@@ -4,6 +4,7 @@
     python benchmarks/bench_refine.py relion --data D --out R     # mpirun -n 3 relion_refine_mpi --j 1
     python benchmarks/bench_refine.py ours --data D --out O [--mode uniform]
     python benchmarks/bench_refine.py report --data D --relion R --ours O [--ours-nu O2]
+    python benchmarks/bench_refine.py trajectory --data D --relion R [--restart N@EPOCH]
 
 ``simulate`` writes, with this project's CLI, the protein-phantom data set (``D/particles.star``
 holds the TRUE poses and ``rlnRandomSubset``; ``D/truth.mrc``), then
@@ -46,6 +47,7 @@ resolution to it.
 import argparse
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -328,6 +330,65 @@ def cmd_report(a):
                                                             "halfmap_fsc0143_ang": true_gs}})
 
 
+def cmd_trajectory(a):
+    """Per RELION iteration: elapsed wall time, RELION's resolution, the map and poses against the truth.
+
+    Elapsed time is read from the mtimes of ``run_itNNN_optimiser.star`` (RELION writes them at the
+    end of each iteration), counted from iteration 0's. ``--restart N@EPOCH`` says that the run was
+    killed during iteration N and resumed with ``relion_refine --continue run_it(N-1)_optimiser.star``
+    at EPOCH (seconds): iteration N is then timed from EPOCH instead of from iteration N-1's end, so
+    the time between the kill and the restart is not counted. RELION rewrites the iteration it
+    continues from, so that iteration's original end time is given with ``--ended N-1@EPOCH``.
+    """
+    data = os.path.abspath(a.data)
+    r = os.path.abspath(a.relion)
+    truth = particles.load_particles(os.path.join(data, "particles.star"))
+    truth_vol, apix = io.read_mrc(os.path.join(data, "truth.mrc"))
+    restarts = {}
+    for spec in a.restart or ():
+        it, _, epoch = spec.partition("@")
+        restarts[int(it)] = float(epoch)
+    ended = {}
+    for spec in a.ended or ():
+        it, _, epoch = spec.partition("@")
+        ended[int(it)] = float(epoch)
+    its = sorted(int(m.group(1)) for m in (re.match(r"run_it(\d{3})_optimiser\.star$", n) for n in os.listdir(r)) if m)
+    if not its:
+        sys.exit(f"{r}: no run_itNNN_optimiser.star")
+    mtime = {i: ended.get(i) or os.path.getmtime(os.path.join(r, f"run_it{i:03d}_optimiser.star")) for i in its}
+    rows, elapsed = [], 0.0
+    print(f"{'iter':>4s} {'elapsed min':>11s} {'iter min':>8s} {'RELION Å':>8s} {'vs truth 0.5':>12s} {'0.143':>6s} "
+          f"{'ang med':>7s} {'>10°':>6s}")
+    for k, i in enumerate(its):
+        if k == 0:
+            dt = 0.0
+        else:
+            dt = mtime[i] - restarts.get(i, mtime[its[k - 1]])
+        elapsed += dt
+        row = {"iteration": i, "seconds": dt, "elapsed_seconds": elapsed}
+        g = io.read_star(os.path.join(r, f"run_it{i:03d}_half1_model.star")).get("model_general")
+        if g is not None and "rlnCurrentResolution" in g:
+            row["relion_resolution_ang"] = float(np.asarray(g["rlnCurrentResolution"])[0])
+        h1, _ = io.read_mrc(os.path.join(r, f"run_it{i:03d}_half1_class001.mrc"))
+        h2, _ = io.read_mrc(os.path.join(r, f"run_it{i:03d}_half2_class001.mrc"))
+        v = 0.5 * (h1 + h2)
+        c = fsc.fsc_curve(v - v.mean(), truth_vol - truth_vol.mean())
+        box = truth_vol.shape[0]
+        row["fsc05_ang"] = fsc.resolution_at(c, box, apix, 0.5)
+        row["fsc0143_ang"] = fsc.resolution_at(c, box, apix, 0.143)
+        if i > 0:
+            ang = _angular_errors(truth, _load_in(os.path.join(r, f"run_it{i:03d}_data.star"), data))
+            row.update(ang_median=float(np.median(ang)), ang_gt10=float(np.mean(ang > 10)))
+        rows.append(row)
+        print(f"{i:4d} {elapsed / 60:11.1f} {dt / 60:8.1f} {row.get('relion_resolution_ang', float('nan')):8.2f} "
+              f"{row['fsc05_ang']:12.2f} {row['fsc0143_ang']:6.2f} {row.get('ang_median', float('nan')):7.2f} "
+              f"{100 * row.get('ang_gt10', float('nan')):5.1f}%", flush=True)
+    print("\nvs truth: FSC of the average of RELION's two half-maps of that iteration against truth.mrc; "
+          "ang: geodesic error of that iteration's poses (max-probability) against the true ones.")
+    if a.json:
+        io.write_json(a.json, {"relion": r, "restarts": restarts, "ended": ended, "iterations": rows})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -371,6 +432,16 @@ def main(argv=None):
     p.add_argument("--ours-nu")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("trajectory", help="RELION's progress per iteration: time, resolution, vs truth")
+    p.add_argument("--data", required=True)
+    p.add_argument("--relion", required=True)
+    p.add_argument("--restart", action="append", metavar="N@EPOCH",
+                   help="iteration N was restarted with --continue at EPOCH seconds (repeatable)")
+    p.add_argument("--ended", action="append", metavar="N@EPOCH",
+                   help="iteration N originally ended at EPOCH seconds (repeatable)")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_trajectory)
 
     a = ap.parse_args(argv)
     if hasattr(a, "extra") and a.extra and a.extra[0] == "--":

@@ -96,7 +96,7 @@ def add_simulate_args(p):
 
 
 def run_simulate(args):
-    from . import phantoms
+    from . import membrane, phantoms, simulate
 
     if args.n_particles < 1 or args.box < 16 or args.pixel_size <= 0 or args.snr < 0:
         raise InputError("simulate needs --n-particles >= 1, --box >= 16, --pixel-size > 0, --snr >= 0")
@@ -112,11 +112,11 @@ def run_simulate(args):
     if args.phantom == "protein":
         truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
     else:
-        source = phantoms.membrane_phantom(args.box, args.pixel_size, rng)
+        source = membrane.membrane_phantom(args.box, args.pixel_size, rng)
         truth = source.truth()
-    sim = phantoms.simulate_particles(source, args.n_particles, args.pixel_size, rng,
+    sim = simulate.simulate_particles(source, args.n_particles, args.pixel_size, rng,
                                       snr=args.snr if args.snr > 0 else np.inf)
-    paths = phantoms.write_simulation(args.out, sim, args.pixel_size, truth)
+    paths = simulate.write_simulation(args.out, sim, args.pixel_size, truth)
     logger.info("simulated %d particles (%s phantom, box %d, %.3f Å/px, SNR %g) in %.1f s -> %s",
                 args.n_particles, args.phantom, args.box, args.pixel_size, args.snr,
                 time.time() - t0, paths["star"])

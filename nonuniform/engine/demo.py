@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import filters, fsc, geometry, io, phantoms
+from . import filters, fsc, geometry, io, membrane, simulate
 from .particles import load_particles
 from .pipeline import particle_rotations
 from .refine import RefineConfig, Refinement
@@ -44,10 +44,10 @@ def run_demo(out_dir, n_particles=2000, box=64, pixel_size_ang=2.0, snr=0.1, see
     data = os.path.join(out_dir, "data")
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    phantom = phantoms.membrane_phantom(box, pixel_size_ang, rng)
+    phantom = membrane.membrane_phantom(box, pixel_size_ang, rng)
     truth = phantom.truth()
-    sim = phantoms.simulate_particles(phantom, n_particles, pixel_size_ang, rng, snr=snr)
-    phantoms.write_simulation(data, sim, pixel_size_ang, truth)
+    sim = simulate.simulate_particles(phantom, n_particles, pixel_size_ang, rng, snr=snr)
+    simulate.write_simulation(data, sim, pixel_size_ang, truth)
     init = filters.lowpass_cosine(truth, pixel_size_ang, 30.0)
     io.write_mrc(os.path.join(data, "init_30A.mrc"), init, pixel_size_ang)
     logger.info("simulated %d membrane-like particles (box %d, %.2f Å/px, SNR %g) in %.0f s", n_particles, box,

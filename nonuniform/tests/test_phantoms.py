@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from nonuniform.engine import filters, geometry, io, phantoms
+from nonuniform.engine import filters, geometry, io, phantoms, simulate
+from nonuniform.engine import membrane as membrane_mod
 
 BOX, APIX = 64, 2.0
 
 
 def centre_of_mass_px(vol):
     """Density-weighted centre (x, y, z) in px relative to voxel N//2."""
-    return phantoms._centre_of_mass_ang(vol, 1.0)
+    return phantoms.centre_of_mass_ang(vol, 1.0)
 
 
 def radius_grid(n):
@@ -30,7 +31,7 @@ def protein():
 
 @pytest.fixture(scope="module")
 def membrane():
-    return phantoms.membrane_phantom(BOX, APIX, np.random.default_rng(1))
+    return membrane_mod.membrane_phantom(BOX, APIX, np.random.default_rng(1))
 
 
 def test_protein_phantom_deterministic_positive_centred(protein):
@@ -66,7 +67,7 @@ def test_protein_phantom_has_fine_detail(protein):
 
 
 def test_membrane_phantom_components(membrane):
-    again = phantoms.membrane_phantom(BOX, APIX, np.random.default_rng(1))
+    again = membrane_mod.membrane_phantom(BOX, APIX, np.random.default_rng(1))
     assert np.array_equal(membrane.consensus(), again.consensus())
     for part in (membrane.core, membrane.belt, membrane.flexible):
         assert part.dtype == np.float32 and part.shape == (BOX,) * 3 and part.min() >= 0
@@ -110,19 +111,19 @@ def test_membrane_local_bandlimit(membrane):
     lab = membrane.regions()
     res = membrane.local_bandlimit_ang()
     nyq = 2 * APIX
-    for region in (phantoms.REGION_CORE, phantoms.REGION_BELT, phantoms.REGION_FLEXIBLE):
+    for region in (membrane_mod.REGION_CORE, membrane_mod.REGION_BELT, membrane_mod.REGION_FLEXIBLE):
         assert (lab == region).sum() > 100
-    assert np.all(np.isnan(res[lab == phantoms.REGION_SOLVENT]))
-    assert np.all(res[lab == phantoms.REGION_CORE] == nyq)
-    assert np.all(res[lab == phantoms.REGION_BELT] == membrane.belt_resolution_ang)
-    flex = res[lab == phantoms.REGION_FLEXIBLE]
+    assert np.all(np.isnan(res[lab == membrane_mod.REGION_SOLVENT]))
+    assert np.all(res[lab == membrane_mod.REGION_CORE] == nyq)
+    assert np.all(res[lab == membrane_mod.REGION_BELT] == membrane.belt_resolution_ang)
+    flex = res[lab == membrane_mod.REGION_FLEXIBLE]
     # Intermediate: at least Nyquist, coarser on average than the core, finer than the belt.
     assert flex.min() >= nyq and nyq < np.median(flex) < membrane.belt_resolution_ang
 
 
 def test_simulate_snr_and_metadata(protein):
     n, snr = 200, 0.1
-    sim, clean = phantoms.simulate_particles(protein, n, APIX, np.random.default_rng(2), snr=snr,
+    sim, clean = simulate.simulate_particles(protein, n, APIX, np.random.default_rng(2), snr=snr,
                                              return_clean=True, chunk=64)
     assert sim.images.shape == (n, BOX, BOX) and sim.images.dtype == np.float32
     for a in (sim.rot_deg, sim.tilt_deg, sim.psi_deg, sim.shift_x_ang, sim.defocus_u_ang):
@@ -143,7 +144,7 @@ def test_simulate_snr_and_metadata(protein):
     # The disc covers the particle (support radius + shifts) and is smaller than the box here.
     assert 10 < sim.signal_radius_px < BOX / 2
     # Same seed, same data.
-    again = phantoms.simulate_particles(protein, n, APIX, np.random.default_rng(2), snr=snr, chunk=64)
+    again = simulate.simulate_particles(protein, n, APIX, np.random.default_rng(2), snr=snr, chunk=64)
     assert np.array_equal(again.images, sim.images)
 
 
@@ -164,7 +165,7 @@ def _realspace_projection(vol, a, origin_px):
 def test_simulate_image_model_matches_real_space_reference(protein):
     # CTF made ~1 everywhere (no defocus, no Cs, amplitude contrast -> 1) to isolate pose and
     # origin conventions.
-    sim = phantoms.simulate_particles(protein, 4, APIX, np.random.default_rng(5), snr=np.inf,
+    sim = simulate.simulate_particles(protein, 4, APIX, np.random.default_rng(5), snr=np.inf,
                                       defocus_range_ang=(0, 0), astig_ang=0, cs_mm=0,
                                       amplitude_contrast_frac=1 - 1e-12, max_shift_ang=4 * APIX)
     rots = geometry.euler_to_matrix(sim.rot_deg, sim.tilt_deg, sim.psi_deg)
@@ -182,16 +183,16 @@ def test_simulate_image_model_matches_real_space_reference(protein):
 
 
 def test_simulate_from_renderer(membrane):
-    sim = phantoms.simulate_particles(membrane, 40, APIX, np.random.default_rng(6), snr=0.05,
+    sim = simulate.simulate_particles(membrane, 40, APIX, np.random.default_rng(6), snr=0.05,
                                       n_conformers=4)
     assert sim.conformer.shape == (40,) and set(np.unique(sim.conformer)) <= {0, 1, 2, 3}
     assert np.isfinite(sim.images).all()
 
 
 def test_write_simulation_round_trip(tmp_path, protein):
-    sim = phantoms.simulate_particles(protein, 10, APIX, np.random.default_rng(7), snr=1.0,
+    sim = simulate.simulate_particles(protein, 10, APIX, np.random.default_rng(7), snr=1.0,
                                       bfactor_ang2=20.0)
-    paths = phantoms.write_simulation(str(tmp_path), sim, APIX, protein)
+    paths = simulate.write_simulation(str(tmp_path), sim, APIX, protein)
     p = io.load_particles(paths["star"])
     assert len(p) == 10 and p.box_px == BOX and p.pixel_size_ang == pytest.approx(APIX)
     assert np.allclose(p.rot_deg, sim.rot_deg, atol=1e-5)
@@ -210,9 +211,9 @@ def test_write_simulation_round_trip(tmp_path, protein):
 @pytest.mark.skipif(shutil.which("relion_project") is None, reason="relion_project not on PATH")
 def test_simulation_matches_relion_project(tmp_path, protein):
     """Noise-free simulated particles == relion_project of the same STAR (poses, origins, CTF)."""
-    sim = phantoms.simulate_particles(protein, 8, APIX, np.random.default_rng(8), snr=np.inf,
+    sim = simulate.simulate_particles(protein, 8, APIX, np.random.default_rng(8), snr=np.inf,
                                       max_shift_ang=5 * APIX, astig_ang=2000)
-    paths = phantoms.write_simulation(str(tmp_path), sim, APIX, protein)
+    paths = simulate.write_simulation(str(tmp_path), sim, APIX, protein)
     subprocess.run(["relion_project", "--i", paths["truth"], "--o", str(tmp_path / "relion"),
                     "--ang", paths["star"], "--angpix", str(APIX), "--ctf"],
                    check=True, capture_output=True, cwd=tmp_path)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nonuniform.engine import ctf, fourier, geometry, pose_search, project
+from nonuniform.engine import ctf, fourier, geometry, pose_search, project, scoring
 
 BOX = 48
 APIX_ANG = 2.5
@@ -46,30 +46,30 @@ def setup(volume):
 
 
 def test_shift_grid_and_pixel_set():
-    g = pose_search.shift_grid(2.0, 1.0)
+    g = scoring.shift_grid(2.0, 1.0)
     assert len(g) == 13 and np.all(g[0] == 0)  # disc of radius 2 on the integer lattice
-    assert len(pose_search.shift_grid(0.5 * 2 ** 0.5, 0.5)) == 9  # 3 x 3 refinement grid
-    pix = pose_search.pixel_set(BOX, 10)
+    assert len(scoring.shift_grid(0.5 * 2 ** 0.5, 0.5)) == 9  # 3 x 3 refinement grid
+    pix = scoring.pixel_set(BOX, 10)
     assert not np.any((pix.ky == 0) & (pix.kx == 0))  # DC carries no pose information
     assert np.all(pix.half[pix.kx == 0] == 0.5) and np.all(pix.half[pix.kx > 0] == 1.0)
     with pytest.raises(ValueError, match="shells"):
-        pose_search.pixel_weights(pix, np.ones(5))
+        scoring.pixel_weights(pix, np.ones(5))
     shifts = np.array([[1.5, -2.25], [0.0, 0.0], [-3.0, 0.7]])
     # Separable ramps = the projector's shift phase with the opposite shift (complex64 rounding).
-    np.testing.assert_allclose(pose_search.phase_ramps(pix, shifts),
+    np.testing.assert_allclose(scoring.phase_ramps(pix, shifts),
                                project.shift_phase(BOX, -shifts, pix.ky, pix.kx), atol=1e-6)
 
 
 def test_gemm_score_equals_brute_force(setup):
     proj, (ft, ctfs, inv_sigma2, _, _) = setup
     rng = np.random.default_rng(3)
-    pix = pose_search.pixel_set(BOX, 20)
-    x, c = pose_search.gather(ft[:4], pix), pose_search.gather(ctfs[:4], pix)
-    w = pose_search.pixel_weights(pix, inv_sigma2)
+    pix = scoring.pixel_set(BOX, 20)
+    x, c = scoring.gather(ft[:4], pix), scoring.gather(ctfs[:4], pix)
+    w = scoring.pixel_weights(pix, inv_sigma2)
     rots = geometry.random_rotations(6, rng)
     tm = proj.project_pixels(rots, pix.ky, pix.kx)
     shifts = rng.uniform(-3, 3, (5, 2))
-    got = pose_search.score_block(x, c, w, tm, shifts, pix)
+    got = scoring.score_block(x, c, w, tm, shifts, pix)
     # Brute force in float64: -Σ h |X - c S_t T|²/σ² + Σ h |X|²/σ² over the stored coefficients.
     x64, c64, w64, t64 = x.astype(np.complex128), c.astype(np.float64), w.astype(np.float64), tm.astype(np.complex128)
     s = np.exp(-2j * np.pi * (np.outer(shifts[:, 0], pix.kx) + np.outer(shifts[:, 1], pix.ky)) / BOX)
@@ -91,20 +91,20 @@ def test_gemm_score_equals_brute_force(setup):
 
 def test_chunking_and_topk_consistent(setup):
     proj, (ft, ctfs, inv_sigma2, _, _) = setup
-    pix = pose_search.pixel_set(BOX, 12)
-    x, c = pose_search.gather(ft[:6], pix), pose_search.gather(ctfs[:6], pix)
-    w = pose_search.pixel_weights(pix, inv_sigma2)
+    pix = scoring.pixel_set(BOX, 12)
+    x, c = scoring.gather(ft[:6], pix), scoring.gather(ctfs[:6], pix)
+    w = scoring.pixel_weights(pix, inv_sigma2)
     tm = proj.project_pixels(geometry.so3_grid(40.0), pix.ky, pix.kx)
-    shifts = pose_search.shift_grid(3, 1)
-    full = [pose_search.score_poses(x, c, w, tm, shifts, pix, top_k=5, chunk=len(tm))]
+    shifts = scoring.shift_grid(3, 1)
+    full = [scoring.score_poses(x, c, w, tm, shifts, pix, top_k=5, chunk=len(tm))]
     for chunk in (1, 37, 256):
-        got = pose_search.score_poses(x, c, w, tm, shifts, pix, top_k=5, chunk=chunk)
+        got = scoring.score_poses(x, c, w, tm, shifts, pix, top_k=5, chunk=chunk)
         # Same poses in the same order; the scores may differ in the last float32 bits because BLAS
         # picks other kernels (GEMV for one-column chunks) that sum in another order: ~1e-6 relative.
         np.testing.assert_array_equal(got[1], full[0][1])
         np.testing.assert_array_equal(got[2], full[0][2])
         np.testing.assert_allclose(got[0], full[0][0], rtol=1e-5)
-    block = pose_search.score_block(x, c, w, tm, shifts, pix)
+    block = scoring.score_block(x, c, w, tm, shifts, pix)
     best = block.reshape(len(x), -1).max(1)
     t, j = np.unravel_index(block.reshape(len(x), -1).argmax(1), block.shape[1:])
     s, jj, tt = full[0]
@@ -118,12 +118,12 @@ def test_chunking_and_topk_consistent(setup):
 def test_cc_metric_is_one_for_noiseless_match(setup):
     proj, _ = setup
     rng = np.random.default_rng(5)
-    pix = pose_search.pixel_set(BOX, 16)
+    pix = scoring.pixel_set(BOX, 16)
     rots = geometry.random_rotations(3, rng)
     tm = proj.project_pixels(rots, pix.ky, pix.kx)
-    c = pose_search.gather(ctf.compute_ctf(BOX, APIX_ANG, 15000, 14000, 30, 300, 2.7, 0.1), pix)
+    c = scoring.gather(ctf.compute_ctf(BOX, APIX_ANG, 15000, 14000, 30, 300, 2.7, 0.1), pix)
     x = 7.0 * c * tm  # any greyscale: cc is scale-invariant
-    s, j, _ = pose_search.score_poses(x, np.repeat(c, 3, 0), np.ones(len(pix.ky), np.float32), tm,
+    s, j, _ = scoring.score_poses(x, np.repeat(c, 3, 0), np.ones(len(pix.ky), np.float32), tm,
                                       np.zeros((1, 2)), pix, top_k=1, metric="cc")
     np.testing.assert_array_equal(j[:, 0], [0, 1, 2])
     np.testing.assert_allclose(s[:, 0], 1.0, atol=1e-5)  # float32 sums of ~800 terms
@@ -131,11 +131,11 @@ def test_cc_metric_is_one_for_noiseless_match(setup):
 
 def score_at(proj, ft, ctfs, inv_sigma2, rotations, shifts_px, r_max_px=BOX / 2):
     """Log-likelihood score of each image at one given pose and shift."""
-    pix = pose_search.pixel_set(BOX, r_max_px)
-    x, c = pose_search.gather(ft, pix), pose_search.gather(ctfs, pix)
-    w = pose_search.pixel_weights(pix, inv_sigma2)
+    pix = scoring.pixel_set(BOX, r_max_px)
+    x, c = scoring.gather(ft, pix), scoring.gather(ctfs, pix)
+    w = scoring.pixel_weights(pix, inv_sigma2)
     tm = proj.project_pixels(rotations, pix.ky, pix.kx)
-    return np.array([pose_search.score_block(x[i:i + 1], c[i:i + 1], w, tm[i:i + 1], shifts_px[i:i + 1], pix)
+    return np.array([scoring.score_block(x[i:i + 1], c[i:i + 1], w, tm[i:i + 1], shifts_px[i:i + 1], pix)
                      [0, 0, 0] for i in range(len(x))])
 
 
@@ -189,7 +189,7 @@ def test_fourier_cropped_reference_gives_same_search(setup, volume):
     # The 3-D spectrum of the cropped map holds the same coefficients at the same integer frequencies,
     # so slices up to r_max agree (measured 1e-7 relative at box 128 -> 80, r 32) and so do searches.
     small = project.Projector(fourier_crop(volume, 32))
-    pix = pose_search.pixel_set(BOX, 14)
+    pix = scoring.pixel_set(BOX, 14)
     r = geometry.random_rotations(20, np.random.default_rng(4))
     a, b = proj.project_pixels(r, pix.ky, pix.kx), small.project_pixels(r, pix.ky, pix.kx)
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-4

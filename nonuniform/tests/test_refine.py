@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from nonuniform.engine import cli, io, phantoms
+from nonuniform.engine import cli, io, phantoms, simulate
 from nonuniform.engine.refine import RefineConfig, Refinement, resample_map
 
 
@@ -20,8 +20,8 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(3)
     vol = phantoms.protein_phantom(32, 3.0, rng)
-    sim = phantoms.simulate_particles(vol, 300, 3.0, rng, snr=0.5)
-    phantoms.write_simulation(str(folder), sim, 3.0, vol)
+    sim = simulate.simulate_particles(vol, 300, 3.0, rng, snr=0.5)
+    simulate.write_simulation(str(folder), sim, 3.0, vol)
     return folder
 
 
