@@ -13,7 +13,7 @@ from .ctf import compute_ctf
 from .errors import InputError
 from .particles import read_images
 from .project import RELION_ORIGIN_SIGN, shift_phase
-from .reconstruct import BackProjector
+from .reconstruct import BackProjector, insert_concurrently
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +97,20 @@ def reconstruct_particles(particles, sym="C1", halves=False, pad=2, batch=256, s
     """
     ops = symmetry.symmetry_matrices(sym)
     n = len(particles)
-    labels = half_set_labels(particles, np.random.default_rng(seed)) if halves else np.ones(n, np.int64)
+    # Two accumulators even without halves (alternate particles), filled in parallel threads.
+    labels = half_set_labels(particles, np.random.default_rng(seed)) if halves else np.arange(n) % 2 + 1
     bps = {h: BackProjector(particles.box_px, pad=pad) for h in np.unique(labels)}
     for start in range(0, n, batch):
         idx = np.arange(start, min(n, start + batch))
         ft = centred_image_spectra(particles, idx)
         ctf = particle_ctfs(particles, idx)
         rots = particle_rotations(particles, idx)
+        jobs = []
         for h, bp in bps.items():
             sel = labels[idx] == h
             if sel.any():
-                bp.insert(ft[sel], None if ctf is None else ctf[sel], rots[sel], symmetry=ops)
+                jobs.append((bp, (ft[sel], None if ctf is None else ctf[sel], rots[sel]), {"symmetry": ops}))
+        insert_concurrently(jobs)
         if progress is not None:
             progress(len(idx))
     out = {}

@@ -77,6 +77,30 @@ class PoseResult:
     candidate_scores: np.ndarray
     r_max_px: float
 
+    def posterior(self, min_weight=1e-3):
+        """Posterior probability of each of the K candidates, shape (n, K), rows summing to 1.
+
+        ``softmax`` of the candidate log-likelihoods (meaningful with ``metric="likelihood"`` and a
+        calibrated noise model); candidates that repeat an earlier one's pose and shift (local grids
+        of neighbouring parents overlap) and those below ``min_weight`` get 0, and the rest are
+        renormalised. The best candidate always keeps a positive weight.
+        """
+        s = np.asarray(self.candidate_scores, np.float64)
+        n, k = s.shape
+        keep = np.isfinite(s)
+        for j in range(1, k):
+            for i in range(j):
+                same = ((np.abs(self.candidate_rotations[:, j] - self.candidate_rotations[:, i]).max(axis=(1, 2))
+                         < 1e-9) & (np.abs(self.candidate_shifts_px[:, j] - self.candidate_shifts_px[:, i]).max(axis=1)
+                                    < 1e-9))
+                keep[:, j] &= ~(same & keep[:, i])
+        z = np.where(keep, s - s[:, :1], -np.inf)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        p[p < min_weight] = 0.0
+        p[:, 0] = np.maximum(p[:, 0], 1e-12)
+        return p / p.sum(axis=1, keepdims=True)
+
 
 # ----------------------------------------------------------------------------------------------
 # Searches

@@ -12,6 +12,9 @@ Accumulators are float64 and hold one fold; folds add (``+=``) so half-set and q
 share one backprojection pass (DESIGN §2).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -20,7 +23,7 @@ from .masks import soft_sphere
 from .project import gridding_correction, hermitian_pair_weight, image_pixels, slice_coords
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, cache=True, nogil=True)
 def _insert_kernel(data, weight, coords, ky, kx, vals, ctf_w, w2):
     """Scatter ``vals`` (n, P) and ``w2`` (n, P) with trilinear weights at coords[i] @ (kx, ky, 0)."""
     m = data.shape[0]
@@ -57,6 +60,32 @@ def _insert_kernel(data, weight, coords, ky, kx, vals, ctf_w, w2):
                         f = fz * fyy * (dx if ix else 1.0 - dx)
                         data[z0 + iz, y0 + iy, x0 + ix] += f * v
                         weight[z0 + iz, y0 + iy, x0 + ix] += f * wt
+
+
+def insert_concurrently(jobs, threads=None):
+    """Run ``BackProjector.insert`` calls, those of different backprojectors in parallel threads.
+
+    ``jobs`` is a list of ``(backprojector, args, kwargs)``. The insertion kernel releases the GIL,
+    so the accumulators of different backprojectors (e.g. the two folds of a half-set) fill
+    concurrently; the calls of one backprojector run in order in one thread. ``threads`` defaults
+    to numba's thread count.
+    """
+    groups = {}
+    for bp, args, kwargs in jobs:
+        groups.setdefault(id(bp), []).append((bp, args, kwargs))
+    n = min(len(groups), threads or numba.get_num_threads())
+
+    def run(group):
+        for bp, args, kwargs in group:
+            bp.insert(*args, **kwargs)
+
+    if n <= 1:
+        for g in groups.values():
+            run(g)
+        return
+    with ThreadPoolExecutor(n) as pool:
+        for f in [pool.submit(run, g) for g in groups.values()]:
+            f.result()
 
 
 class BackProjector:

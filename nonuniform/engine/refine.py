@@ -33,7 +33,7 @@ from .particles import load_particles, read_images, save_particles
 from .pipeline import half_set_labels, particle_ctfs
 from .pose_search import SearchParams, global_search, local_search
 from .project import Projector, shift_phase
-from .reconstruct import BackProjector
+from .reconstruct import BackProjector, insert_concurrently
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class RefineConfig:
     initial_step_deg: float = 15.0
     min_step_deg: float = 0.9
     shift_range_px: float = 5.0
+    marginalize: bool = True
+    min_posterior: float = 0.02
     awf: float = 3.0
     nu_order: int = 8
     nu_cutoffs: int = 50
@@ -303,6 +305,7 @@ class Refinement:
         new_shift = st.shifts_px.copy()
         accum = {}
         sigma2 = np.zeros_like(st.sigma2)
+        pmax, n_poses = [], []
         for h in (1, 2):
             proj = Projector(st.references[h - 1], pad=cfg.pad)
             bps = [BackProjector(self.box, pad=cfg.pad), BackProjector(self.box, pad=cfg.pad)]
@@ -338,18 +341,29 @@ class Refinement:
                 # Scale of the prediction vs the data (the first reference's greyscale is arbitrary).
                 resid += shell_power(images_ft - _fit_scale(images_ft, pred), self.box) * len(idx)
                 n_resid += len(idx)
-                # Backproject at the new poses, noise-weighted, into the particle's fold.
-                centred = images_ft * shift_phase(self.box, -res.shifts_px)
+                # Backproject, noise-weighted, into the particle's fold: at the best pose, or (likelihood
+                # metric) at each of the top-K candidates weighted by its posterior probability.
                 w = weights_shell[np.minimum(fourier.shell_index_rfft((self.box, self.box)), len(weights_shell) - 1)]
-                for f in (0, 1):
-                    sel = st.folds[idx] == f
-                    if sel.any():
-                        bps[f].insert(centred[sel], None if ctfs is None else ctfs[sel], res.rotations[sel],
-                                      weights=np.broadcast_to(w, (int(sel.sum()),) + w.shape),
-                                      symmetry=self.sym_ops)
+                post = (res.posterior(cfg.min_posterior) if cfg.marginalize and metric == "likelihood"
+                        else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
+                pmax.append(post.max(axis=1))
+                n_poses.append((post > 0).sum(axis=1))
+                jobs = []
+                for k in np.flatnonzero(post.any(axis=0)):
+                    centred = images_ft * shift_phase(self.box, -res.candidate_shifts_px[:, k])
+                    for f in (0, 1):
+                        sel = (st.folds[idx] == f) & (post[:, k] > 0)
+                        if sel.any():
+                            jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[sel],
+                                                  res.candidate_rotations[sel, k]),
+                                         {"weights": w[None] * post[sel, k, None, None].astype(np.float32),
+                                          "symmetry": self.sym_ops}))
+                insert_concurrently(jobs)
             sigma2[h - 1] = resid / max(n_resid, 1)
             accum[h] = bps
-        return new_rot, new_shift, accum, sigma2
+        stats = {"mean_max_posterior": float(np.concatenate(pmax).mean()),
+                 "poses_per_particle": float(np.concatenate(n_poses).mean())}
+        return new_rot, new_shift, accum, sigma2, stats
 
     def _masks(self, avg, res_ang):
         """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere."""
@@ -409,7 +423,7 @@ class Refinement:
         cfg = self.cfg
         it = st.iteration + 1
         t0 = time.time()
-        rot, shift, accum, sigma2 = self._e_and_m_step(st, it)
+        rot, shift, accum, sigma2, stats = self._e_and_m_step(st, it)
         halves_raw, folds = {}, {}
         for h in (1, 2):
             folds[h] = [b.hermitian_accumulators() for b in accum[h]]
@@ -443,7 +457,7 @@ class Refinement:
                  "mean_pose_change_deg": change, "median_pose_change_deg": median_change,
                  "fraction_large_change": frac_large,
                  "angular_step_deg": step, "search_r_max_px": r_max, "search": "global" if glob_ else "local",
-                 "seconds": dt}
+                 **stats, "seconds": dt}
         logger.info("iteration %d: %.2f Å, mean pose change %.2f° (median %.2f°), %s search at %.2f°, %.0f s",
                     it, res, change, median_change, entry["search"], step, dt)
         self._last = {"halves": halves_raw, "mask": mask, "fsc": fres, "extras": extras}

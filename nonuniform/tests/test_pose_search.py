@@ -228,3 +228,22 @@ def test_local_search_prior_pins_to_start(setup):
     # (arccos near 1 resolves ~1e-6°: compare to 1e-4°).
     assert np.all(geometry.angular_distance_deg(res.rotations, start) < 1e-4)
     np.testing.assert_allclose(res.shifts_px, shifts[:5] + 1.0)
+
+
+def test_posterior_is_softmax_without_duplicates():
+    rng = np.random.default_rng(0)
+    rots = geometry.random_rotations(8, rng).reshape(2, 4, 3, 3)
+    shifts = rng.uniform(-2, 2, (2, 4, 2))
+    # Image 1: candidate 2 repeats candidate 0's pose and shift (overlapping local grids).
+    rots[1, 2], shifts[1, 2] = rots[1, 0], shifts[1, 0]
+    scores = np.array([[10.0, 9.0, 8.0, -np.inf], [5.0, 5.0, 5.0, 0.0]])
+    res = pose_search.PoseResult(rots[:, 0], shifts[:, 0], scores[:, 0], rots, shifts, scores, 10.0)
+    p = res.posterior(min_weight=1e-3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    e = np.exp([0.0, -1.0, -2.0])
+    np.testing.assert_allclose(p[0], np.append(e / e.sum(), 0.0), rtol=1e-12)
+    # The duplicate gets nothing (the pose is counted once); exp(-5)/(2 + exp(-5)) = 3.4e-3 survives.
+    e = np.array([1.0, 1.0, 0.0, np.exp(-5.0)])
+    np.testing.assert_allclose(p[1], e / e.sum(), rtol=1e-12)
+    # Above the threshold the small candidate is dropped and the rest renormalised.
+    np.testing.assert_allclose(res.posterior(min_weight=0.01)[1], [0.5, 0.5, 0.0, 0.0])

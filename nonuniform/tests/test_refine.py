@@ -143,3 +143,18 @@ def test_nu_half_sets_stay_independent(tiny, tmp_path):
     (sa, ha), (sb, hb) = states
     assert np.array_equal(ha[1], hb[1]) and np.array_equal(sa.references[0], sb.references[0])
     assert not np.array_equal(sa.references[1], sb.references[1])  # the perturbation did reach half 2
+
+
+def test_marginalization_over_top_poses(tiny, tmp_path):
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert _refine(tiny, on, "--mode", "uniform", "--iterations", "2") == 0
+    assert _refine(tiny, off, "--mode", "uniform", "--iterations", "2", "--no-marginalize") == 0
+    h_on = json.loads((on / "summary.json").read_text())["history"]
+    h_off = json.loads((off / "summary.json").read_text())["history"]
+    # Iteration 1 scores by cc (no noise model yet): best pose only, in both runs.
+    assert h_on[0]["poses_per_particle"] == 1 and h_on[0]["mean_max_posterior"] == 1
+    # Then the likelihood's posterior spreads over several of the top-K poses at this SNR...
+    assert h_on[1]["poses_per_particle"] > 1.2 and h_on[1]["mean_max_posterior"] < 0.95
+    # ...unless switched off.
+    assert h_off[1]["poses_per_particle"] == 1 and h_off[1]["mean_max_posterior"] == 1
+    assert json.loads((off / "config.json").read_text())["marginalize"] is False
