@@ -3,7 +3,8 @@
     python benchmarks/bench_refine.py simulate --out D            # 5000 particles, box 96, 1.6 Å/px, SNR 0.05
     python benchmarks/bench_refine.py relion --data D --out R     # mpirun -n 3 relion_refine_mpi --j 1
     python benchmarks/bench_refine.py ours --data D --out O [--mode uniform]
-    python benchmarks/bench_refine.py report --data D --relion R --ours O [--ours-nu O2]
+    python benchmarks/bench_refine.py report --data D --relion R --ours O [--ours-nu O2] [--plot F.png]
+        [--relion-iteration N --relion-wall S]    # an unfinished RELION run: its iteration N
     python benchmarks/bench_refine.py trajectory --data D --relion R [--restart N@EPOCH]
 
 ``simulate`` writes, with this project's CLI, the protein-phantom data set (``D/particles.star``
@@ -53,6 +54,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -248,17 +250,20 @@ def _angular_errors(truth, refined):
                                          pipeline.particle_rotations(refined))
 
 
-def _fsc_truth(path, truth_vol, apix):
+def _fsc_truth(path, truth_vol, apix, curves=None, label=None):
     v, _ = io.read_mrc(path)
     c = fsc.fsc_curve(v - v.mean(), truth_vol - truth_vol.mean())
+    if curves is not None:
+        curves[label] = c
     box = truth_vol.shape[0]
     return fsc.resolution_at(c, box, apix, 0.5), fsc.resolution_at(c, box, apix, 0.143)
 
 
-def _run_row(name, map_path, star_path, star_cwd, reported, times, truth, truth_vol, apix):
+def _run_row(name, map_path, star_path, star_cwd, reported, times, truth, truth_vol, apix, curves=None):
     row = {"name": name, "wall": times.get("wall_seconds"), "cpu": times.get("cpu_seconds"),
            "reported": reported}
-    row["fsc05"], row["fsc0143"] = _fsc_truth(map_path, truth_vol, apix) if os.path.exists(map_path) else (None,) * 2
+    row["fsc05"], row["fsc0143"] = (_fsc_truth(map_path, truth_vol, apix, curves, name) if os.path.exists(map_path)
+                                    else (None,) * 2)
     if os.path.exists(star_path):
         ang = _angular_errors(truth, _load_in(star_path, star_cwd))
         row.update(ang_median=float(np.median(ang)), ang_mean=float(ang.mean()),
@@ -271,17 +276,32 @@ def cmd_report(a):
     truth = particles.load_particles(os.path.join(data, "particles.star"))
     truth_vol, apix = io.read_mrc(os.path.join(data, "truth.mrc"))
     box = truth_vol.shape[0]
-    rows = []
+    rows, curves = [], {}
     if a.relion:
         r = os.path.abspath(a.relion)
         times = _read_json(os.path.join(r, "bench_relion.json")) if os.path.exists(
             os.path.join(r, "bench_relion.json")) else {}
-        cur, final = _relion_resolution(r)
-        rep = f"{cur:.2f} (model)" if cur is not None else "-"
-        if final is not None:
-            rep += f" / {final:.2f} (final, log)"
-        rows.append(_run_row("RELION auto-refine", os.path.join(r, "run_class001.mrc"),
-                             os.path.join(r, "run_data.star"), data, rep, times, truth, truth_vol, apix))
+        if a.relion_wall is not None:
+            times = {"wall_seconds": a.relion_wall}
+        if a.relion_iteration is None:
+            cur, final = _relion_resolution(r)
+            rep = f"{cur:.2f} (model)" if cur is not None else "-"
+            if final is not None:
+                rep += f" / {final:.2f} (final, log)"
+            name, map_path, star = "RELION auto-refine", os.path.join(r, "run_class001.mrc"), "run_data.star"
+        else:
+            # An unfinished run: the average of that iteration's half-maps, its poses.
+            it = f"run_it{a.relion_iteration:03d}"
+            h1, _ = io.read_mrc(os.path.join(r, f"{it}_half1_class001.mrc"))
+            h2, _ = io.read_mrc(os.path.join(r, f"{it}_half2_class001.mrc"))
+            map_path = os.path.join(tempfile.mkdtemp(), "relion_average.mrc")
+            io.write_mrc(map_path, 0.5 * (h1 + h2), apix)
+            g = io.read_star(os.path.join(r, f"{it}_half1_model.star"))["model_general"]
+            cur, final = float(np.asarray(g["rlnCurrentResolution"])[0]), None
+            rep = f"{cur:.2f} (it {a.relion_iteration})"
+            name, star = f"RELION it {a.relion_iteration}", f"{it}_data.star"
+        rows.append(_run_row(name, map_path, os.path.join(r, star), data, rep, times, truth, truth_vol, apix,
+                             curves))
         rows[-1]["reported_ang"] = final if final is not None else cur
     for label, o in (("ours", a.ours), ("ours NU", a.ours_nu)):
         if not o:
@@ -295,7 +315,7 @@ def cmd_report(a):
         name = f"{label} ({mode})" if mode else label
         res = summ.get("resolution_ang")
         rows.append(_run_row(name, os.path.join(o, "map.mrc"), os.path.join(o, "particles.star"), o,
-                             f"{res:.2f}" if res is not None else "-", times, truth, truth_vol, apix))
+                             f"{res:.2f}" if res is not None else "-", times, truth, truth_vol, apix, curves))
         rows[-1]["reported_ang"] = res
 
     rec = pipeline.reconstruct_particles(truth, halves=True)
@@ -303,6 +323,7 @@ def cmd_report(a):
     true05, true0143 = fsc.resolution_at(c, box, apix, 0.5), fsc.resolution_at(c, box, apix, 0.143)
     ch = fsc.fsc_curve(rec["half1"], rec["half2"])
     true_gs = fsc.resolution_at(ch, box, apix, 0.143)
+    curves["true poses (reconstruct)"] = c
 
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
@@ -326,6 +347,14 @@ def cmd_report(a):
           "for a map against a noise-free reference that corresponds to 0.143 between half-maps) and 0.143; "
           "0.5/true: that 0.5 resolution over the true-pose reconstruction's (<= 1.10 = within 10 %); "
           "/RELION: wall ratio (target <= 0.5).")
+    if a.plot:
+        from nonuniform.engine.plots import plot_fsc
+
+        # Shell 0 (DC) of mean-removed maps is 0/0: left out of the plot.
+        shown = {k: np.concatenate([[np.nan], v[1:]]) for k, v in curves.items()}
+        plot_fsc(a.plot, shown, {k: fsc.resolution_at(v, box, apix, 0.5) for k, v in curves.items()}, apix, box,
+                 threshold=0.5)
+        print(f"FSC against the truth: {a.plot}")
     if a.json:
         io.write_json(a.json, {"rows": rows, "true_poses": {"fsc05_ang": true05, "fsc0143_ang": true0143,
                                                             "halfmap_fsc0143_ang": true_gs}})
@@ -431,6 +460,10 @@ def main(argv=None):
     p.add_argument("--relion")
     p.add_argument("--ours")
     p.add_argument("--ours-nu")
+    p.add_argument("--relion-iteration", type=int,
+                   help="report this iteration of an unfinished RELION run (average of its half-maps)")
+    p.add_argument("--relion-wall", type=float, help="RELION's wall seconds (e.g. from trajectory)")
+    p.add_argument("--plot", help="also plot each map's FSC against the truth to this PNG")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_report)
 
