@@ -1,5 +1,6 @@
 """Packaging: the engine works without Scipion; Scipion discovers the plugin."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -55,3 +56,17 @@ def test_pyworkflow_discovers_plugin():
     # bibtex.py's docstring parses and holds every key the plugin cites.
     assert {"Punjani2020", "Scheres2012"} <= set(module._bibtex)
     assert module._bibtex["Punjani2020"]["doi"].endswith("10.1038/s41592-020-00990-8")
+
+
+def test_public_api_names_resolve():
+    import nonuniform.engine as engine
+
+    for name in engine.__all__:
+        assert getattr(engine, name) is getattr(importlib.import_module(f"nonuniform.engine.{engine._API[name]}"),
+                                                name), name
+    with pytest.raises(AttributeError):
+        engine.no_such_function  # noqa: B018
+    # Submodules stay importable by name next to the re-exports.
+    from nonuniform.engine import fsc, refine
+
+    assert callable(fsc.fsc_curve) and refine.Refinement is engine.Refinement
