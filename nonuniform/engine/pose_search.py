@@ -32,13 +32,15 @@ class SearchParams:
     each of the ``refine_top_k`` best poses of the previous level, and halves the shift step (down to
     ``final_shift_step_px``) on a 3 × 3 grid around each candidate's shift. The frequency limit of a
     level is ``min(r_max_px, edge_shift_px / step_rad)``: a step then moves the slice's edge by
-    ``edge_shift_px`` Fourier pixels.
+    ``edge_shift_px`` Fourier pixels. The last level returns its ``final_top_k`` best poses (the
+    candidates of :meth:`PoseResult.posterior`; keeping more of the already scored poses is free).
     """
 
     coarse_step_deg: float = 15.0
     final_step_deg: float = 1.875
     top_k: int = 8
     refine_top_k: int = 4
+    final_top_k: int = 8
     local_radius_steps: float = 1.5
     edge_shift_px: float = 2.5
     shift_range_px: float = 5.0
@@ -148,8 +150,10 @@ def _refine(projector, data, params, r_max_px, cand_rot, cand_shift, step_deg, s
         r = level_radius_px(params, r_max_px, step_deg)
         offsets = geometry.local_grid(np.eye(3), step_deg, params.local_radius_steps * step_deg)
         shifts = shift_grid(shift_step_px * 2 ** 0.5, shift_step_px)
+        last = step_deg <= final_step_deg * (1 + 1e-6)
         cand_rot, cand_shift, scores = _local_level(projector, data, params, r, cand_rot, cand_shift, offsets,
-                                                    shifts, params.refine_top_k, prior)
+                                                    shifts, params.final_top_k if last else params.refine_top_k,
+                                                    prior)
         logger.debug("level %.3g deg, r_max %.1f px, shift step %.3g px: %d x %d poses per image",
                      step_deg, r, shift_step_px, len(offsets), len(shifts))
     return cand_rot, cand_shift, scores, step_deg
@@ -296,8 +300,10 @@ def local_search(projector, images_ft, ctfs, inv_sigma2_per_shell, r_max_px, rot
     shifts = shift_grid(shift_range_px, shift_step_px)
     final = step_deg if final_step_deg is None else final_step_deg
     r = level_radius_px(params, r_max_px, step_deg)
+    last = final >= step_deg * (1 - 1e-6)
     cand_rot, cand_shift, scores = _local_level(projector, data, params, r, rot0[:, None], shift0[:, None],
-                                                offsets, shifts, params.refine_top_k, prior)
+                                                offsets, shifts, params.final_top_k if last else params.refine_top_k,
+                                                prior)
     out = _refine(projector, data, params, r_max_px, cand_rot, cand_shift, step_deg, shift_step_px, final, prior)
     if out[2] is not None:
         cand_rot, cand_shift, scores, step = out

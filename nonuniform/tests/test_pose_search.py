@@ -161,7 +161,7 @@ def test_global_search_recovers_poses(setup):
     assert np.mean(err < 2 * params.final_step_deg) > 0.9
     ok = err < 2 * params.final_step_deg
     assert np.all(np.abs(res.shifts_px - shifts)[ok] < 1.0)
-    assert res.candidate_rotations.shape == (len(ft), params.refine_top_k, 3, 3)
+    assert res.candidate_rotations.shape == (len(ft), params.final_top_k, 3, 3)
     assert np.all(res.scores == res.candidate_scores[:, 0])
 
 
