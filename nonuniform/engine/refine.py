@@ -348,9 +348,11 @@ class Refinement:
                         else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
                 pmax.append(post.max(axis=1))
                 n_poses.append((post > 0).sum(axis=1))
-                jobs = []
                 for k in np.flatnonzero(post.any(axis=0)):
+                    # One candidate rank at a time (memory: one shifted copy of the batch); the two
+                    # folds' accumulators fill in parallel.
                     centred = images_ft * shift_phase(self.box, -res.candidate_shifts_px[:, k])
+                    jobs = []
                     for f in (0, 1):
                         sel = (st.folds[idx] == f) & (post[:, k] > 0)
                         if sel.any():
@@ -358,7 +360,7 @@ class Refinement:
                                                   res.candidate_rotations[sel, k]),
                                          {"weights": w[None] * post[sel, k, None, None].astype(np.float32),
                                           "symmetry": self.sym_ops}))
-                insert_concurrently(jobs)
+                    insert_concurrently(jobs)
             sigma2[h - 1] = resid / max(n_resid, 1)
             accum[h] = bps
         stats = {"mean_max_posterior": float(np.concatenate(pmax).mean()),
