@@ -369,6 +369,8 @@ def cmd_trajectory(a):
     at EPOCH (seconds): iteration N is then timed from EPOCH instead of from iteration N-1's end, so
     the time between the kill and the restart is not counted. RELION rewrites the iteration it
     continues from, so that iteration's original end time is given with ``--ended N-1@EPOCH``.
+    ``--pauses FILE`` lists ``stop EPOCH`` / ``cont EPOCH`` lines (the run was suspended with
+    SIGSTOP/SIGCONT while other timed jobs used the machine): those intervals are not counted.
     """
     data = os.path.abspath(a.data)
     r = os.path.abspath(a.relion)
@@ -385,6 +387,20 @@ def cmd_trajectory(a):
     its = sorted(int(m.group(1)) for m in (re.match(r"run_it(\d{3})_optimiser\.star$", n) for n in os.listdir(r)) if m)
     if not its:
         sys.exit(f"{r}: no run_itNNN_optimiser.star")
+    pauses, stop = [], None
+    if a.pauses:
+        with open(a.pauses) as f:
+            for line in f:
+                what, _, epoch = line.strip().partition(" ")
+                if what == "stop":
+                    stop = float(epoch)
+                elif what == "cont" and stop is not None:
+                    pauses.append((stop, float(epoch)))
+                    stop = None
+
+    def paused(t0, t1):
+        return sum(max(0.0, min(t1, b) - max(t0, a)) for a, b in pauses)
+
     mtime = {i: ended.get(i) or os.path.getmtime(os.path.join(r, f"run_it{i:03d}_optimiser.star")) for i in its}
     rows, elapsed = [], 0.0
     print(f"{'iter':>4s} {'elapsed min':>11s} {'iter min':>8s} {'RELION Å':>8s} {'vs truth 0.5':>12s} {'0.143':>6s} "
@@ -393,7 +409,8 @@ def cmd_trajectory(a):
         if k == 0:
             dt = 0.0
         else:
-            dt = mtime[i] - restarts.get(i, mtime[its[k - 1]])
+            t0 = restarts.get(i, mtime[its[k - 1]])
+            dt = mtime[i] - t0 - paused(t0, mtime[i])
         elapsed += dt
         row = {"iteration": i, "seconds": dt, "elapsed_seconds": elapsed}
         g = io.read_star(os.path.join(r, f"run_it{i:03d}_half1_model.star")).get("model_general")
@@ -474,6 +491,7 @@ def main(argv=None):
                    help="iteration N was restarted with --continue at EPOCH seconds (repeatable)")
     p.add_argument("--ended", action="append", metavar="N@EPOCH",
                    help="iteration N originally ended at EPOCH seconds (repeatable)")
+    p.add_argument("--pauses", help="file of 'stop EPOCH' / 'cont EPOCH' lines: suspended intervals, not counted")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_trajectory)
 
