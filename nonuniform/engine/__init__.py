@@ -8,7 +8,7 @@ The public API is re-exported here by name and imported on first use (PEP 562), 
 Modules (one concept each): ``backend``, ``fourier``, ``geometry``, ``symmetry``, ``ctf``,
 ``project`` (central slices), ``reconstruct`` (backprojection), ``scoring`` (E-step GEMM scoring),
 ``pose_search`` (global and local searches), ``refine`` (the refinement driver), ``regularize``
-(non-uniform and uniform filters), ``fsc``, ``filters``, ``masks``, ``locres``, ``io``,
+(non-uniform and uniform filters), ``fsc``, ``filters``, ``masks``, ``locres`` (+ ``localfsc``), ``io``,
 ``particles``, ``pipeline``, ``phantoms``, ``membrane``, ``simulate``, ``plots``, ``demo``, ``cli``.
 """
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from nonuniform.engine import fourier, io, locres
+from nonuniform.engine import fourier, io, localfsc, locres
 from nonuniform.engine.errors import InputError
 
 # Synthetic half-maps with a known, spatially varying band limit
@@ -299,7 +299,7 @@ def test_band_local_fsc_equals_direct_windowed_sums():
     d2 = d[:, None, None] ** 2 + d[None, :, None] ** 2 + d[None, None, :] ** 2
     m_out = 16
     for b, sigma in [(4, 4.0), (9, 3.0), (len(c) - 1, 2.5)]:
-        fsc = locres._band_local_fsc(f1, f2, n, c, b, sigma, m_out)
+        fsc = localfsc.band_local_fsc(f1, f2, n, c, b, sigma, m_out)
         g = locres.band_gains(shells, c, b)
         b1 = fourier.irfftn_c(f1 * g, h1.shape)
         b2 = fourier.irfftn_c(f2 * g, h1.shape)
@@ -323,7 +323,7 @@ def test_band_noise_std_matches_simulation():
     c = locres.band_centres_shells(n, 24)
     for b in (len(c) - 6, len(c) - 1):
         sigma = 2.0 * n / c[b]
-        fsc = locres._band_local_fsc(f1, f2, n, c, b, sigma, n)
+        fsc = localfsc.band_local_fsc(f1, f2, n, c, b, sigma, n)
         predicted = locres.band_noise_std(n, c, b, sigma)
         assert fsc.std() == pytest.approx(predicted, rel=0.20)
         assert abs(fsc.mean()) < 0.01  # no bias between independent halves
@@ -332,11 +332,11 @@ def test_band_noise_std_matches_simulation():
 def test_upsample_periodic_linear_is_exact_for_periodic_linear_samples():
     # a coarse grid of a constant, and of a function linear between coarse points, is reproduced
     a = np.full((8, 8, 8), 3.5, np.float32)
-    np.testing.assert_allclose(locres._upsample_periodic_linear(a, 16), 3.5, rtol=1e-6)
+    np.testing.assert_allclose(localfsc.upsample_periodic_linear(a, 16), 3.5, rtol=1e-6)
     m, n = 8, 16
     j = np.arange(m, dtype=np.float32)
     coarse = np.broadcast_to(j[None, None, :], (m, m, m)).copy()
-    up = locres._upsample_periodic_linear(coarse, n)
+    up = localfsc.upsample_periodic_linear(coarse, n)
     # fine voxel i sits at coarse coordinate m//2 + (i - n//2) m/n; away from the wrap seam
     i = np.arange(n)
     u = m // 2 + (i - n // 2) * m / n
