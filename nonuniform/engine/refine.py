@@ -87,6 +87,8 @@ class State:
     resolution_ang: float
     converged_at: int  # iteration at which convergence was declared (0: not yet)
     history: list
+    pmax: np.ndarray | None = None  # (n,) largest posterior probability of each particle's poses
+    n_poses: np.ndarray | None = None  # (n,) number of poses it was backprojected at
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +261,8 @@ class Refinement:
             with open(tmp, "wb") as f:
                 np.savez(f, iteration=st.iteration, rotations=st.rotations, shifts_px=st.shifts_px,
                          halves=st.halves, folds=st.folds, references=st.references, sigma2=st.sigma2,
-                         resolution_ang=st.resolution_ang, converged_at=st.converged_at)
+                         resolution_ang=st.resolution_ang, converged_at=st.converged_at,
+                         **({} if st.pmax is None else {"pmax": st.pmax, "n_poses": st.n_poses}))
         write_json(path[:-4] + ".json", {"history": st.history})
 
     def load_checkpoint(self):
@@ -275,7 +278,8 @@ class Refinement:
         return State(iteration=int(z["iteration"]), rotations=z["rotations"], shifts_px=z["shifts_px"],
                      halves=z["halves"], folds=z["folds"], references=z["references"], sigma2=z["sigma2"],
                      resolution_ang=float(z["resolution_ang"]), converged_at=int(z["converged_at"]),
-                     history=history)
+                     history=history, pmax=z["pmax"] if "pmax" in z.files else None,
+                     n_poses=z["n_poses"] if "n_poses" in z.files else None)
 
     # -- one iteration ----------------------------------------------------------------------
 
@@ -305,7 +309,8 @@ class Refinement:
         new_shift = st.shifts_px.copy()
         accum = {}
         sigma2 = np.zeros_like(st.sigma2)
-        pmax, n_poses = [], []
+        pmax = np.ones(len(st.rotations))
+        n_poses = np.ones(len(st.rotations), np.int64)
         for h in (1, 2):
             proj = Projector(st.references[h - 1], pad=cfg.pad)
             bps = [BackProjector(self.box, pad=cfg.pad), BackProjector(self.box, pad=cfg.pad)]
@@ -346,8 +351,8 @@ class Refinement:
                 w = weights_shell[np.minimum(fourier.shell_index_rfft((self.box, self.box)), len(weights_shell) - 1)]
                 post = (res.posterior(cfg.min_posterior) if cfg.marginalize and metric == "likelihood"
                         else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
-                pmax.append(post.max(axis=1))
-                n_poses.append((post > 0).sum(axis=1))
+                pmax[idx] = post.max(axis=1)
+                n_poses[idx] = (post > 0).sum(axis=1)
                 for k in np.flatnonzero(post.any(axis=0)):
                     # One candidate rank at a time (memory: one shifted copy of the batch); the two
                     # folds' accumulators fill in parallel.
@@ -363,9 +368,7 @@ class Refinement:
                     insert_concurrently(jobs)
             sigma2[h - 1] = resid / max(n_resid, 1)
             accum[h] = bps
-        stats = {"mean_max_posterior": float(np.concatenate(pmax).mean()),
-                 "poses_per_particle": float(np.concatenate(n_poses).mean())}
-        return new_rot, new_shift, accum, sigma2, stats
+        return new_rot, new_shift, accum, sigma2, pmax, n_poses
 
     def _masks(self, avg, res_ang):
         """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere."""
@@ -425,7 +428,8 @@ class Refinement:
         cfg = self.cfg
         it = st.iteration + 1
         t0 = time.time()
-        rot, shift, accum, sigma2, stats = self._e_and_m_step(st, it)
+        rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it)
+        stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
         halves_raw, folds = {}, {}
         for h in (1, 2):
             folds[h] = [b.hermitian_accumulators() for b in accum[h]]
@@ -465,7 +469,7 @@ class Refinement:
         self._last = {"halves": halves_raw, "mask": mask, "fsc": fres, "extras": extras}
         return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
                      references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
-                     converged_at=converged_at, history=st.history + [entry])
+                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses)
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -517,7 +521,9 @@ class Refinement:
         origin_ang = -st.shifts_px * apix
         save_particles(os.path.join(out, "particles.star"), self.particles, rot_deg=rot, tilt_deg=tilt,
                        psi_deg=psi, shift_x_ang=origin_ang[:, 0], shift_y_ang=origin_ang[:, 1],
-                       random_subset=st.halves)
+                       random_subset=st.halves,
+                       extra_columns=None if st.pmax is None else {"rlnMaxValueProbDistribution": st.pmax,
+                                                                   "rlnNrOfSignificantSamples": st.n_poses})
         summary = {"resolution_ang": fres.resolution_corrected_ang,
                    "resolution_unmasked_ang": fres.resolution_unmasked_ang,
                    "bfactor_ang2": bfac, "iterations": st.iteration, "wall_seconds": seconds,

@@ -158,3 +158,10 @@ def test_marginalization_over_top_poses(tiny, tmp_path):
     # ...unless switched off.
     assert h_off[1]["poses_per_particle"] == 1 and h_off[1]["mean_max_posterior"] == 1
     assert json.loads((off / "config.json").read_text())["marginalize"] is False
+    # particles.star carries RELION's per-particle columns for them.
+    parts = io.read_star(str(on / "particles.star"))["particles"]
+    pmax, n_sig = np.asarray(parts["rlnMaxValueProbDistribution"]), np.asarray(parts["rlnNrOfSignificantSamples"])
+    assert np.all((pmax > 0) & (pmax <= 1)) and np.all(n_sig >= 1) and n_sig.max() > 1
+    np.testing.assert_allclose(pmax.mean(), h_on[1]["mean_max_posterior"], rtol=1e-5)
+    off_parts = io.read_star(str(off / "particles.star"))["particles"]
+    assert np.all(np.asarray(off_parts["rlnNrOfSignificantSamples"]) == 1)
