@@ -290,8 +290,11 @@ def add_refine_args(p):
     p.add_argument("--iterations", type=int, default=d.max_iterations, help="maximum number of iterations")
     p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes)
     p.add_argument("--no-marginalize", dest="marginalize", action="store_false",
-                   help="backproject each particle at its best pose only, not at its top-K poses "
+                   help="backproject each particle at its best pose only, not at its top poses "
                         "weighted by their posterior probabilities")
+    p.add_argument("--posterior-poses", type=int, default=d.posterior_poses,
+                   help="poses per particle kept for the posterior (default %(default)s; more: closer to full "
+                        "marginalization, slower backprojection)")
     p.add_argument("--awf", type=float, default=d.awf, help="NU adaptive window factor")
     p.add_argument("--nu-order", type=int, default=d.nu_order, help="NU Butterworth order")
     p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs, help="NU number of candidate cutoffs")
@@ -311,7 +314,8 @@ def run_refine(args):
                        initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,
-                       nu_filter_type=args.nu_filter_type, mask_path=args.mask, marginalize=args.marginalize)
+                       nu_filter_type=args.nu_filter_type, mask_path=args.mask, marginalize=args.marginalize,
+                       posterior_poses=args.posterior_poses)
     Refinement(args.particles, args.ref, args.out, cfg, resume=args.resume, overwrite=args.overwrite).run(
         resume=args.resume)
     return 0

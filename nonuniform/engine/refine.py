@@ -59,6 +59,7 @@ class RefineConfig:
     min_step_deg: float = 0.9
     shift_range_px: float = 5.0
     marginalize: bool = True
+    posterior_poses: int = 16
     min_posterior: float = 0.02
     awf: float = 3.0
     nu_order: int = 8
@@ -330,7 +331,8 @@ class Refinement:
                     1.0 / np.maximum(shell_power(images_ft, self.box), 1e-12)).astype(np.float32)
                 # Coarse shifts every 2 px (RELION's offset step at oversampling 1), halved per level.
                 params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
-                                      shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric)
+                                      shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric,
+                                      final_top_k=max(1, cfg.posterior_poses))
                 if glob_:
                     res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
                 else:

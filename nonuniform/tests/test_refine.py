@@ -165,3 +165,8 @@ def test_marginalization_over_top_poses(tiny, tmp_path):
     np.testing.assert_allclose(pmax.mean(), h_on[1]["mean_max_posterior"], rtol=1e-5)
     off_parts = io.read_star(str(off / "particles.star"))["particles"]
     assert np.all(np.asarray(off_parts["rlnNrOfSignificantSamples"]) == 1)
+    # --posterior-poses caps the poses kept per particle.
+    two = tmp_path / "two"
+    assert _refine(tiny, two, "--mode", "uniform", "--iterations", "2", "--posterior-poses", "2") == 0
+    n_two = np.asarray(io.read_star(str(two / "particles.star"))["particles"]["rlnNrOfSignificantSamples"])
+    assert n_two.max() == 2 and json.loads((two / "config.json").read_text())["posterior_poses"] == 2
