@@ -31,6 +31,14 @@ simulated images are not normalised to background std 1 (RELION warns, and runs)
 --scale`` absorb the scale. Its stdout/stderr go to ``R/relion.log``; wall and
 CPU seconds (user + sys of all its processes) to ``R/bench_relion.json``.
 
+RELION's auto-refine on this set takes hours on 2 cores (about 100 minutes for its first 9
+iterations, then about 2 hours per global iteration at 3.75°). A run that was stopped resumes from
+its last finished iteration N with ``relion_refine_mpi --continue R/run_itNNN_optimiser.star --o
+R/run --j 1 --pool 3 --dont_combine_weights_via_disc`` (same ``mpirun`` prefix, inside ``D``);
+``trajectory --restart``/``--ended`` then time it without the gap, and ``report --relion-iteration``
+evaluates an unfinished run. With three ranks on two cores the leader rank busy-waits and takes
+CPU from the workers: ``renice 10`` it (fairer to RELION).
+
 ``ours`` runs ``python -m nonuniform.engine --threads 2 refine`` on the same ``input.star`` and
 ``init.mrc``; log in ``O/bench_ours.log``, times in ``O/bench_ours.json``.
 
