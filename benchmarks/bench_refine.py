@@ -258,8 +258,9 @@ def _angular_errors(truth, refined):
                                          pipeline.particle_rotations(refined))
 
 
-def _fsc_truth(path, truth_vol, apix, curves=None, label=None):
-    v, _ = io.read_mrc(path)
+def _fsc_truth(path_or_vol, truth_vol, apix, curves=None, label=None):
+    """FSC-0.5 and 0.143 resolutions (Å) of a map (path or array) against the truth, both mean-removed."""
+    v = io.read_mrc(path_or_vol)[0] if isinstance(path_or_vol, str) else path_or_vol
     c = fsc.fsc_curve(v - v.mean(), truth_vol - truth_vol.mean())
     if curves is not None:
         curves[label] = c
@@ -300,10 +301,8 @@ def cmd_report(a):
         else:
             # An unfinished run: the average of that iteration's half-maps, its poses.
             it = f"run_it{a.relion_iteration:03d}"
-            h1, _ = io.read_mrc(os.path.join(r, f"{it}_half1_class001.mrc"))
-            h2, _ = io.read_mrc(os.path.join(r, f"{it}_half2_class001.mrc"))
             map_path = os.path.join(tempfile.mkdtemp(), "relion_average.mrc")
-            io.write_mrc(map_path, 0.5 * (h1 + h2), apix)
+            io.write_mrc(map_path, _relion_average(r, a.relion_iteration), apix)
             g = io.read_star(os.path.join(r, f"{it}_half1_model.star"))["model_general"]
             cur, final = float(np.asarray(g["rlnCurrentResolution"])[0]), None
             rep = f"{cur:.2f} (it {a.relion_iteration})"
@@ -368,6 +367,22 @@ def cmd_report(a):
                                                             "halfmap_fsc0143_ang": true_gs}})
 
 
+def _iteration_epochs(specs):
+    """{iteration: epoch seconds} from ``N@EPOCH`` strings."""
+    out = {}
+    for spec in specs or ():
+        it, _, epoch = spec.partition("@")
+        out[int(it)] = float(epoch)
+    return out
+
+
+def _relion_average(rdir, i):
+    """Average of RELION's two half-maps of iteration ``i``."""
+    h1, _ = io.read_mrc(os.path.join(rdir, f"run_it{i:03d}_half1_class001.mrc"))
+    h2, _ = io.read_mrc(os.path.join(rdir, f"run_it{i:03d}_half2_class001.mrc"))
+    return 0.5 * (h1 + h2)
+
+
 def cmd_trajectory(a):
     """Per RELION iteration: elapsed wall time, RELION's resolution, the map and poses against the truth.
 
@@ -384,14 +399,7 @@ def cmd_trajectory(a):
     r = os.path.abspath(a.relion)
     truth = particles.load_particles(os.path.join(data, "particles.star"))
     truth_vol, apix = io.read_mrc(os.path.join(data, "truth.mrc"))
-    restarts = {}
-    for spec in a.restart or ():
-        it, _, epoch = spec.partition("@")
-        restarts[int(it)] = float(epoch)
-    ended = {}
-    for spec in a.ended or ():
-        it, _, epoch = spec.partition("@")
-        ended[int(it)] = float(epoch)
+    restarts, ended = _iteration_epochs(a.restart), _iteration_epochs(a.ended)
     its = sorted(int(m.group(1)) for m in (re.match(r"run_it(\d{3})_optimiser\.star$", n) for n in os.listdir(r)) if m)
     if not its:
         sys.exit(f"{r}: no run_itNNN_optimiser.star")
@@ -424,13 +432,7 @@ def cmd_trajectory(a):
         g = io.read_star(os.path.join(r, f"run_it{i:03d}_half1_model.star")).get("model_general")
         if g is not None and "rlnCurrentResolution" in g:
             row["relion_resolution_ang"] = float(np.asarray(g["rlnCurrentResolution"])[0])
-        h1, _ = io.read_mrc(os.path.join(r, f"run_it{i:03d}_half1_class001.mrc"))
-        h2, _ = io.read_mrc(os.path.join(r, f"run_it{i:03d}_half2_class001.mrc"))
-        v = 0.5 * (h1 + h2)
-        c = fsc.fsc_curve(v - v.mean(), truth_vol - truth_vol.mean())
-        box = truth_vol.shape[0]
-        row["fsc05_ang"] = fsc.resolution_at(c, box, apix, 0.5)
-        row["fsc0143_ang"] = fsc.resolution_at(c, box, apix, 0.143)
+        row["fsc05_ang"], row["fsc0143_ang"] = _fsc_truth(_relion_average(r, i), truth_vol, apix)
         if i > 0:
             ang = _angular_errors(truth, _load_in(os.path.join(r, f"run_it{i:03d}_data.star"), data))
             row.update(ang_median=float(np.median(ang)), ang_gt10=float(np.mean(ang > 10)))

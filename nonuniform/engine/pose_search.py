@@ -88,7 +88,7 @@ class PoseResult:
         renormalised. The best candidate always keeps a positive weight.
         """
         s = np.asarray(self.candidate_scores, np.float64)
-        n, k = s.shape
+        k = s.shape[1]
         keep = np.isfinite(s)
         for j in range(1, k):
             for i in range(j):

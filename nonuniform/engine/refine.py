@@ -179,6 +179,8 @@ class Refinement:
         self.out = os.path.abspath(out_dir)
         if config.mode not in ("uniform", "nonuniform"):
             raise InputError(f"--mode must be 'uniform' or 'nonuniform', not {config.mode!r}")
+        if config.posterior_poses < 1:
+            raise InputError(f"--posterior-poses must be at least 1, not {config.posterior_poses}")
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)
@@ -332,7 +334,7 @@ class Refinement:
                 # Coarse shifts every 2 px (RELION's offset step at oversampling 1), halved per level.
                 params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
                                       shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric,
-                                      final_top_k=max(1, cfg.posterior_poses))
+                                      final_top_k=cfg.posterior_poses)
                 if glob_:
                     res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
                 else:
@@ -356,16 +358,18 @@ class Refinement:
                 pmax[idx] = post.max(axis=1)
                 n_poses[idx] = (post > 0).sum(axis=1)
                 for k in np.flatnonzero(post.any(axis=0)):
-                    # One candidate rank at a time (memory: one shifted copy of the batch); the two
-                    # folds' accumulators fill in parallel.
-                    centred = images_ft * shift_phase(self.box, -res.candidate_shifts_px[:, k])
+                    # One candidate rank at a time, only the images that keep a pose at this rank
+                    # (memory: one shifted copy of the batch); the two folds fill in parallel.
+                    rows = np.flatnonzero(post[:, k] > 0)
+                    centred = images_ft[rows] * shift_phase(self.box, -res.candidate_shifts_px[rows, k])
                     jobs = []
                     for f in (0, 1):
-                        sel = (st.folds[idx] == f) & (post[:, k] > 0)
+                        sel = st.folds[idx[rows]] == f
                         if sel.any():
-                            jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[sel],
-                                                  res.candidate_rotations[sel, k]),
-                                         {"weights": w[None] * post[sel, k, None, None].astype(np.float32),
+                            r = rows[sel]
+                            jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[r],
+                                                  res.candidate_rotations[r, k]),
+                                         {"weights": w[None] * post[r, k, None, None].astype(np.float32),
                                           "symmetry": self.sym_ops}))
                     insert_concurrently(jobs)
             sigma2[h - 1] = resid / max(n_resid, 1)
