@@ -7,16 +7,18 @@ The public API is re-exported here by name and imported on first use (PEP 562), 
 
 Modules (one concept each): ``backend``, ``fourier``, ``geometry``, ``symmetry``, ``ctf``,
 ``project`` (central slices), ``reconstruct`` (backprojection), ``scoring`` (E-step GEMM scoring),
-``pose_search`` (global and local searches), ``refine`` (the refinement driver), ``regularize``
-(non-uniform and uniform filters), ``fsc``, ``filters``, ``masks``, ``locres`` (+ ``localfsc``), ``io``,
-``particles``, ``pipeline``, ``phantoms``, ``membrane``, ``simulate``, ``plots``, ``demo``, ``cli``.
+``pose_search`` (global and local searches), ``estep`` (E- and M-step of one half-set),
+``refine_state`` (configuration, state, checkpoints), ``refine`` (the refinement driver),
+``regularize`` (non-uniform and uniform filters), ``fsc``, ``filters``, ``masks``, ``locres``
+(+ ``localfsc``), ``io``, ``star``, ``particles`` (+ ``particles_write``), ``pipeline``,
+``phantoms``, ``membrane``, ``simulate``, ``plots``, ``demo``, ``cli``.
 """
 
 import importlib
 
 _API = {
     # refinement
-    "RefineConfig": "refine", "Refinement": "refine",
+    "RefineConfig": "refine_state", "Refinement": "refine",
     "SearchParams": "pose_search", "PoseResult": "pose_search", "global_search": "pose_search",
     "local_search": "pose_search", "score_poses": "scoring",
     # projection, reconstruction, regularization, validation
@@ -29,7 +31,7 @@ _API = {
     "symmetry_matrices": "symmetry", "rfftn_c": "fourier", "irfftn_c": "fourier", "rfft2_c": "fourier",
     # data
     "load_particles": "particles", "read_images": "particles", "save_particles": "particles",
-    "read_mrc": "io", "write_mrc": "io", "read_star": "io", "write_star": "io", "atomic_write": "io",
+    "read_mrc": "io", "write_mrc": "io", "read_star": "star", "write_star": "star", "atomic_write": "io",
     "protein_phantom": "phantoms", "membrane_phantom": "membrane", "simulate_particles": "simulate",
     "write_simulation": "simulate", "run_demo": "demo", "InputError": "errors",
 }

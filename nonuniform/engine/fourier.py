@@ -114,3 +114,25 @@ def rfft_hermitian_weights(shape, xp=np):
     if n % 2 == 0:
         w[-1] = 1.0
     return w
+
+
+def resample_map(vol, apix_in, box_out, apix_out):
+    """Fourier-resample ``vol`` (N³ at ``apix_in``) onto a ``box_out``³ grid at ``apix_out`` Å/px."""
+    n = vol.shape[0]
+    # Rescale by Fourier cropping/padding to the target sampling, then crop/pad in real space.
+    m = int(round(n * apix_in / apix_out))
+    ft = fftn_c(vol)
+    out = np.zeros((m, m, m), np.complex128)
+    c_in, c_out = n // 2, m // 2
+    h = min(n, m) // 2
+    sl_in = slice(c_in - h, c_in - h + min(n, m))
+    sl_out = slice(c_out - h, c_out - h + min(n, m))
+    out[sl_out, sl_out, sl_out] = ft[sl_in, sl_in, sl_in]
+    # Same real-space values: the inverse FFT divides by m³ where the forward multiplied by n³.
+    res = np.real(ifftn_c(out)) * (m / n) ** 3
+    res = res.astype(np.float32)
+    final = np.zeros((box_out,) * 3, np.float32)
+    h = min(m, box_out)
+    a, b = m // 2 - h // 2, box_out // 2 - h // 2
+    final[b:b + h, b:b + h, b:b + h] = res[a:a + h, a:a + h, a:a + h]
+    return final

@@ -79,6 +79,7 @@ from .backend import asnumpy, get_array_module
 from .errors import InputError
 from .localfsc import (band_centres_shells, band_gains, band_local_fsc, band_noise_std, even_ceil,
                        upsample_periodic_linear, window_sigmas_px, window_support_shells)
+from .localfsc import windowed_fsc_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -370,66 +371,6 @@ def _finish(res_px, inside, pixel_size_ang, threshold, centres, sigmas, noise_st
         threshold, result.median_ang, pct[5], pct[95], int(inside.sum()),
     )
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# reference: windowed FSC at sample points (Blocres-like), for validation and spot checks
-
-
-def windowed_fsc_resolution(
-    half1,
-    half2,
-    points_px,
-    pixel_size_ang: float,
-    window_radius_px: float,
-    threshold: float = 0.143,
-    edge_px: float | None = None,
-):
-    """Local resolution at a few points from the FSC of soft-sphere-windowed boxes (slow reference).
-
-    At each point, a cube of side ``2 (window_radius_px + edge_px)`` (rounded up to even) is cut out
-    of both half-maps (periodically wrapped), multiplied by a sphere of radius
-    ``window_radius_px`` with a raised-cosine edge ``edge_px`` wide, and the FSC of the two cubes
-    (integer shells of the cube) gives the resolution at ``threshold`` through
-    :func:`nonuniform.engine.fsc.resolution_at`. One window for every shell, as Blocres.
-
-    Parameters
-    ----------
-    half1, half2 : (N, N, N) float arrays, real space
-    points_px : (n, 3) int array_like
-        Voxel indices ``(z, y, x)``.
-    pixel_size_ang : float
-        Voxel size (Å).
-    window_radius_px : float
-        Radius of the flat part of the spherical window (px).
-    threshold : float
-        FSC threshold.
-    edge_px : float, optional
-        Width of the cosine edge (px); default ``window_radius_px``.
-
-    Returns
-    -------
-    (n,) float64 numpy array
-        Resolution (Å) at each point.
-    """
-    from .fsc import fsc_curve, resolution_at
-    from .masks import soft_sphere
-
-    h1 = np.asarray(asnumpy(half1), dtype=np.float32)
-    h2 = np.asarray(asnumpy(half2), dtype=np.float32)
-    if h1.shape != h2.shape:
-        raise InputError(f"half2 has shape {h2.shape} but half1 has {h1.shape}")
-    edge = window_radius_px if edge_px is None else edge_px
-    side = int(2 * np.ceil(window_radius_px + edge))
-    win = soft_sphere(side, window_radius_px, edge)
-    n = h1.shape[0]
-    out = []
-    for p in np.atleast_2d(np.asarray(points_px, dtype=np.int64)):
-        idx = [(np.arange(side) - side // 2 + int(q)) % n for q in p]
-        sub = np.ix_(*idx)
-        fsc = fsc_curve(h1[sub] * win, h2[sub] * win)
-        out.append(resolution_at(fsc, side, pixel_size_ang, threshold))
-    return np.array(out)
 
 
 # ----------------------------------------------------------------------------------------------

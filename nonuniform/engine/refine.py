@@ -2,9 +2,9 @@
 
 Per iteration and per half-set h (DESIGN §2):
 
-1. E-step: pose of every particle of h against h's regularized reference (:mod:`.pose_search`):
-   global coarse-to-fine searches first, local searches once the resolution supports them.
-2. M-step: CTF- and noise-weighted backprojection into two fold accumulators per half-set (the
+1. E-step (:mod:`.estep`): pose of every particle of h against h's regularized reference
+   (:mod:`.pose_search`): global coarse-to-fine searches first, local searches once the poses settle.
+2. M-step (:mod:`.estep`): CTF- and noise-weighted backprojection into two fold accumulators per half-set (the
    half-map is their sum); the per-shell noise model σ² of h is re-estimated from the residuals.
 3. Regularize: ``uniform`` (RELION-style τ² = SSNR/w̄ from the FSC) or ``nonuniform`` (the
    cross-validated adaptive filter of :mod:`.regularize`, fit on h's folds only).
@@ -12,13 +12,11 @@ Per iteration and per half-set h (DESIGN §2):
    frequency limit and angular step follow the resolution; stop when the resolution and poses stop
    improving, then extra final passes.
 
-All state lives in :class:`State`, checkpointed atomically after every iteration, so ``resume``
+All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration, so ``resume``
 continues a killed run and gives the result of an uninterrupted one (per-iteration seeds).
 """
 
 import dataclasses
-import glob
-import json
 import logging
 import math
 import os
@@ -28,12 +26,12 @@ import numpy as np
 
 from . import filters, fourier, fsc, geometry, masks, symmetry
 from .errors import InputError
-from .io import atomic_write, read_mrc, write_json, write_mrc
-from .particles import load_particles, read_images, save_particles
-from .pipeline import half_set_labels, particle_ctfs
-from .pose_search import SearchParams, global_search, local_search
-from .project import Projector, shift_phase
-from .reconstruct import BackProjector, insert_concurrently
+from .estep import align_and_backproject
+from .fourier import resample_map
+from .io import read_mrc, write_json, write_mrc
+from .particles import load_particles, save_particles
+from .pipeline import half_set_labels
+from .refine_state import RefineConfig, State, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
@@ -41,81 +39,8 @@ logger = logging.getLogger(__name__)
 MIN_PARTICLES_PER_HALF = 50
 
 
-@dataclasses.dataclass
-class RefineConfig:
-    """Resolved refinement parameters (written to ``config.json``)."""
-
-    mode: str = "nonuniform"
-    sym: str = "C1"
-    diameter_ang: float | None = None
-    initial_lowpass_ang: float = 30.0
-    gsfsc_split_ang: float = 20.0
-    seed: int = 0
-    max_iterations: int = 20
-    extra_final_passes: int = 1
-    min_global_iterations: int = 3
-    max_global_iterations: int = 8
-    initial_step_deg: float = 15.0
-    min_step_deg: float = 0.9
-    shift_range_px: float = 5.0
-    marginalize: bool = True
-    posterior_poses: int = 16
-    min_posterior: float = 0.02
-    awf: float = 3.0
-    nu_order: int = 8
-    nu_cutoffs: int = 50
-    nu_filter_type: str = "butterworth"
-    mask_path: str | None = None
-    dynamic_mask_threshold: float = 0.2
-    dynamic_mask_near_ang: float = 6.0
-    dynamic_mask_far_ang: float = 14.0
-    dynamic_mask_start_ang: float = 12.0
-    batch: int = 256
-    pad: int = 2
-
-
-@dataclasses.dataclass
-class State:
-    """Everything a refinement needs to continue (one checkpoint per finished iteration)."""
-
-    iteration: int
-    rotations: np.ndarray  # (n, 3, 3)
-    shifts_px: np.ndarray  # (n, 2) image translations (RELION origin = -t)
-    halves: np.ndarray  # (n,) 1 or 2
-    folds: np.ndarray  # (n,) 0 or 1 within each half
-    references: np.ndarray  # (2, N, N, N) regularized references for the next E-step
-    sigma2: np.ndarray  # (2, N//2 + 1) noise power per shell, rfft2_c units; 0 = not estimated yet
-    resolution_ang: float
-    converged_at: int  # iteration at which convergence was declared (0: not yet)
-    history: list
-    pmax: np.ndarray | None = None  # (n,) largest posterior probability of each particle's poses
-    n_poses: np.ndarray | None = None  # (n,) number of poses it was backprojected at
-
-
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def resample_map(vol, apix_in, box_out, apix_out):
-    """Fourier-resample ``vol`` (N³ at ``apix_in``) onto a ``box_out``³ grid at ``apix_out`` Å/px."""
-    n = vol.shape[0]
-    # Rescale by Fourier cropping/padding to the target sampling, then crop/pad in real space.
-    m = int(round(n * apix_in / apix_out))
-    ft = fourier.fftn_c(vol)
-    out = np.zeros((m, m, m), np.complex128)
-    c_in, c_out = n // 2, m // 2
-    h = min(n, m) // 2
-    sl_in = slice(c_in - h, c_in - h + min(n, m))
-    sl_out = slice(c_out - h, c_out - h + min(n, m))
-    out[sl_out, sl_out, sl_out] = ft[sl_in, sl_in, sl_in]
-    # Same real-space values: the inverse FFT divides by m³ where the forward multiplied by n³.
-    res = np.real(fourier.ifftn_c(out)) * (m / n) ** 3
-    res = res.astype(np.float32)
-    final = np.zeros((box_out,) * 3, np.float32)
-    h = min(m, box_out)
-    a, b = m // 2 - h // 2, box_out // 2 - h // 2
-    final[b:b + h, b:b + h, b:b + h] = res[a:a + h, a:a + h, a:a + h]
-    return final
 
 
 def step_for_resolution(res_ang, diameter_ang):
@@ -127,18 +52,6 @@ def search_radius_px(res_ang, box, apix):
     """Alignment frequency limit (Fourier px): a margin beyond the current resolution shell."""
     shell = box * apix / res_ang
     return float(min(box / 2.0, 1.2 * shell + 3))
-
-
-def shell_power(spectra, box):
-    """Mean |F|² per integer shell of rfft2_c spectra (n, N, N//2+1), Hermitian-weighted."""
-    shells = fourier.shell_index_rfft((box, box)).ravel()
-    h = np.broadcast_to(fourier.rfft_hermitian_weights((box, box)), (box, box // 2 + 1)).ravel()
-    p = (np.abs(spectra.reshape(len(spectra), -1)) ** 2 * h).sum(axis=0)
-    n_sh = box // 2 + 1
-    sel = shells < n_sh
-    tot = np.bincount(shells[sel], weights=p[sel], minlength=n_sh)
-    cnt = np.bincount(shells[sel], weights=h[sel], minlength=n_sh) * len(spectra)
-    return tot / np.maximum(cnt, 1)
 
 
 def join_low_resolution(ref1, ref2, apix, split_ang):
@@ -253,37 +166,6 @@ class Refinement:
                      sigma2=np.zeros((2, self.box // 2 + 1)), resolution_ang=self.cfg.initial_lowpass_ang,
                      converged_at=0, history=[])
 
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def _checkpoint_path(self, it):
-        return os.path.join(self.out, "checkpoints", f"iter{it:03d}.npz")
-
-    def save_checkpoint(self, st):
-        path = self._checkpoint_path(st.iteration)
-        with atomic_write(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, iteration=st.iteration, rotations=st.rotations, shifts_px=st.shifts_px,
-                         halves=st.halves, folds=st.folds, references=st.references, sigma2=st.sigma2,
-                         resolution_ang=st.resolution_ang, converged_at=st.converged_at,
-                         **({} if st.pmax is None else {"pmax": st.pmax, "n_poses": st.n_poses}))
-        write_json(path[:-4] + ".json", {"history": st.history})
-
-    def load_checkpoint(self):
-        files = sorted(glob.glob(os.path.join(self.out, "checkpoints", "iter*.npz")))
-        if not files:
-            return None
-        z = np.load(files[-1])
-        with open(files[-1][:-4] + ".json") as f:
-            history = json.load(f)["history"]
-        if len(z["halves"]) != len(self.particles):
-            raise InputError(f"checkpoint {files[-1]} is for {len(z['halves'])} particles, the STAR file has "
-                             f"{len(self.particles)}")
-        return State(iteration=int(z["iteration"]), rotations=z["rotations"], shifts_px=z["shifts_px"],
-                     halves=z["halves"], folds=z["folds"], references=z["references"], sigma2=z["sigma2"],
-                     resolution_ang=float(z["resolution_ang"]), converged_at=int(z["converged_at"]),
-                     history=history, pmax=z["pmax"] if "pmax" in z.files else None,
-                     n_poses=z["n_poses"] if "n_poses" in z.files else None)
-
     # -- one iteration ----------------------------------------------------------------------
 
     def _search_plan(self, st):
@@ -304,77 +186,20 @@ class Refinement:
         return glob_, step, r_max
 
     def _e_and_m_step(self, st, it):
-        """Pose search + backprojection for both halves; returns new poses and accumulators."""
-        cfg, p = self.cfg, self.particles
-        glob_, step, r_max = self._search_plan(st)
-        rng = np.random.default_rng([cfg.seed, it, 7])
-        new_rot = st.rotations.copy()
-        new_shift = st.shifts_px.copy()
-        accum = {}
-        sigma2 = np.zeros_like(st.sigma2)
-        pmax = np.ones(len(st.rotations))
-        n_poses = np.ones(len(st.rotations), np.int64)
+        """Pose search + backprojection for both halves: new poses, fold accumulators, noise model."""
+        plan = self._search_plan(st)
+        rng = np.random.default_rng([self.cfg.seed, it, 7])
+        rot, shift = st.rotations.copy(), st.shifts_px.copy()
+        pmax, n_poses = np.ones(len(rot)), np.ones(len(rot), np.int64)
+        accum, sigma2 = {}, np.zeros_like(st.sigma2)
         for h in (1, 2):
-            proj = Projector(st.references[h - 1], pad=cfg.pad)
-            bps = [BackProjector(self.box, pad=cfg.pad), BackProjector(self.box, pad=cfg.pad)]
-            idx_all = np.flatnonzero(st.halves == h)
-            resid = np.zeros(self.box // 2 + 1)
-            n_resid = 0
-            inv_s2 = None
-            if st.sigma2[h - 1].any():
-                s2 = np.maximum(st.sigma2[h - 1], 1e-6 * st.sigma2[h - 1].max())
-                inv_s2 = (1.0 / s2).astype(np.float32)
-            metric = "likelihood" if inv_s2 is not None else "cc"
-            for start in range(0, len(idx_all), cfg.batch):
-                idx = idx_all[start:start + cfg.batch]
-                images_ft = fourier.rfft2_c(read_images(p, idx))
-                ctfs = particle_ctfs(p, idx)
-                weights_shell = inv_s2 if inv_s2 is not None else (
-                    1.0 / np.maximum(shell_power(images_ft, self.box), 1e-12)).astype(np.float32)
-                # Coarse shifts every 2 px (RELION's offset step at oversampling 1), halved per level.
-                params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
-                                      shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric,
-                                      final_top_k=cfg.posterior_poses)
-                if glob_:
-                    res = global_search(proj, images_ft, ctfs, weights_shell, r_max, params=params, rng=rng)
-                else:
-                    res = local_search(proj, images_ft, ctfs, weights_shell, r_max, st.rotations[idx],
-                                       st.shifts_px[idx], step_deg=step, radius_deg=1.5 * step,
-                                       shift_range_px=2.0, shift_step_px=0.5, final_step_deg=step / 2,
-                                       params=params)
-                new_rot[idx], new_shift[idx] = res.rotations, res.shifts_px
-                # Noise model from the residuals at the new poses, full frequency range.
-                pred = proj.project(res.rotations) * shift_phase(self.box, res.shifts_px)
-                if ctfs is not None:
-                    pred = pred * ctfs
-                # Scale of the prediction vs the data (the first reference's greyscale is arbitrary).
-                resid += shell_power(images_ft - _fit_scale(images_ft, pred), self.box) * len(idx)
-                n_resid += len(idx)
-                # Backproject, noise-weighted, into the particle's fold: at the best pose, or (likelihood
-                # metric) at each of the top-K candidates weighted by its posterior probability.
-                w = weights_shell[np.minimum(fourier.shell_index_rfft((self.box, self.box)), len(weights_shell) - 1)]
-                post = (res.posterior(cfg.min_posterior) if cfg.marginalize and metric == "likelihood"
-                        else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
-                pmax[idx] = post.max(axis=1)
-                n_poses[idx] = (post > 0).sum(axis=1)
-                for k in np.flatnonzero(post.any(axis=0)):
-                    # One candidate rank at a time, only the images that keep a pose at this rank
-                    # (memory: one shifted copy of the batch); the two folds fill in parallel.
-                    rows = np.flatnonzero(post[:, k] > 0)
-                    centred = images_ft[rows] * shift_phase(self.box, -res.candidate_shifts_px[rows, k])
-                    jobs = []
-                    for f in (0, 1):
-                        sel = st.folds[idx[rows]] == f
-                        if sel.any():
-                            r = rows[sel]
-                            jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[r],
-                                                  res.candidate_rotations[r, k]),
-                                         {"weights": w[None] * post[r, k, None, None].astype(np.float32),
-                                          "symmetry": self.sym_ops}))
-                    insert_concurrently(jobs)
-            sigma2[h - 1] = resid / max(n_resid, 1)
-            accum[h] = bps
-        return new_rot, new_shift, accum, sigma2, pmax, n_poses
+            idx = np.flatnonzero(st.halves == h)
+            r = align_and_backproject(self.particles, idx, st.folds[idx], st.references[h - 1], st.sigma2[h - 1],
+                                      self.cfg, plan, rng, self.sym_ops, prev_rotations=st.rotations[idx],
+                                      prev_shifts_px=st.shifts_px[idx])
+            rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
+            accum[h], sigma2[h - 1] = r.folds, r.sigma2
+        return rot, shift, accum, sigma2, pmax, n_poses
 
     def _masks(self, avg, res_ang):
         """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere."""
@@ -414,7 +239,7 @@ class Refinement:
 
     def run(self, resume=False):
         cfg = self.cfg
-        st = self.load_checkpoint() if resume else None
+        st = load_checkpoint(self.out, len(self.particles)) if resume else None
         if st is None:
             st = self._initial_state()
             self._write_config()
@@ -426,7 +251,7 @@ class Refinement:
             if done or st.iteration >= cfg.max_iterations:
                 break
             st = self.iterate(st)
-            self.save_checkpoint(st)
+            save_checkpoint(self.out, st)
         self.write_outputs(st, time.time() - t_start)
         return st
 
@@ -537,11 +362,3 @@ class Refinement:
         write_json(os.path.join(out, "summary.json"), summary)
         logger.info("final resolution %.2f Å after %d iterations -> %s", fres.resolution_corrected_ang,
                     st.iteration, out)
-
-
-def _fit_scale(data, pred):
-    """Least-squares per-image scale of ``pred`` to ``data`` (spectra), applied to ``pred``."""
-    num = np.real(np.sum(data * np.conj(pred), axis=(1, 2)))
-    den = np.sum(np.abs(pred) ** 2, axis=(1, 2))
-    return pred * (num / np.maximum(den, 1e-30))[:, None, None]
-
