@@ -272,7 +272,7 @@ def run_filter(args):
 
 
 def add_refine_args(p):
-    from .refine import RefineConfig
+    from .refine_state import RefineConfig
 
     d = RefineConfig()
     p.add_argument("--particles", required=True, help="RELION STAR file with CTF parameters")
@@ -295,6 +295,8 @@ def add_refine_args(p):
     p.add_argument("--posterior-poses", type=int, default=d.posterior_poses,
                    help="poses per particle kept for the posterior (default %(default)s; more: closer to full "
                         "marginalization, slower backprojection)")
+    p.add_argument("--min-posterior", type=float, default=d.min_posterior,
+                   help="drop poses whose posterior probability is below this (default %(default)s)")
     p.add_argument("--awf", type=float, default=d.awf, help="NU adaptive window factor")
     p.add_argument("--nu-order", type=int, default=d.nu_order, help="NU Butterworth order")
     p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs, help="NU number of candidate cutoffs")
@@ -315,7 +317,7 @@ def run_refine(args):
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,
                        nu_filter_type=args.nu_filter_type, mask_path=args.mask, marginalize=args.marginalize,
-                       posterior_poses=args.posterior_poses)
+                       posterior_poses=args.posterior_poses, min_posterior=args.min_posterior)
     Refinement(args.particles, args.ref, args.out, cfg, resume=args.resume, overwrite=args.overwrite).run(
         resume=args.resume)
     return 0

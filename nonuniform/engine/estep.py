@@ -15,6 +15,9 @@ from .pose_search import SearchParams, global_search, local_search
 from .project import Projector, shift_phase
 from .reconstruct import BackProjector, insert_concurrently
 
+# (image, pose) pairs backprojected per call: ~40 MB of centred spectra, CTFs and weights at box 96.
+INSERT_CHUNK = 512
+
 
 @dataclasses.dataclass
 class HalfSetStep:
@@ -46,6 +49,31 @@ def fit_scale(data, pred):
     num = np.real(np.sum(data * np.conj(pred), axis=(1, 2)))
     den = np.sum(np.abs(pred) ** 2, axis=(1, 2))
     return pred * (num / np.maximum(den, 1e-30))[:, None, None]
+
+
+def _backproject_poses(bps, folds, images_ft, ctfs, res, post, weights, sym_ops):
+    """Insert every image at each pose with a positive posterior ``post`` (n, K), into its fold.
+
+    Particle-major: the poses of one particle, a few degrees apart, go in one after the other, so
+    their slices reuse the accumulator's cache lines (the insertion is memory-bound: twice as fast
+    as inserting the batch one pose rank at a time at box 96). Chunks of :data:`INSERT_CHUNK`
+    (image, pose) pairs bound the memory; the two folds fill in parallel threads.
+    """
+    box = images_ft.shape[1]
+    rows_all, ranks_all = np.nonzero(post)  # row-major order: each particle's poses together
+    for s in range(0, len(rows_all), INSERT_CHUNK):
+        r, k = rows_all[s:s + INSERT_CHUNK], ranks_all[s:s + INSERT_CHUNK]
+        centred = images_ft[r] * shift_phase(box, -res.candidate_shifts_px[r, k])
+        p = post[r, k].astype(np.float32)
+        jobs = []
+        for f in (0, 1):
+            sel = folds[r] == f
+            if sel.any():
+                rf = r[sel]
+                jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[rf],
+                                      res.candidate_rotations[rf, k[sel]]),
+                             {"weights": weights[None] * p[sel, None, None], "symmetry": sym_ops}))
+        insert_concurrently(jobs)
 
 
 def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, search, rng, sym_ops,
@@ -113,21 +141,6 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
                 else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
         pmax[b] = post.max(axis=1)
         n_poses[b] = (post > 0).sum(axis=1)
-        folds = fold_of[b]
-        for k in np.flatnonzero(post.any(axis=0)):
-            # One candidate rank at a time, only the images that keep a pose at this rank (memory:
-            # one shifted copy of the batch); the two folds fill in parallel.
-            rows = np.flatnonzero(post[:, k] > 0)
-            centred = images_ft[rows] * shift_phase(box, -res.candidate_shifts_px[rows, k])
-            jobs = []
-            for f in (0, 1):
-                sel = folds[rows] == f
-                if sel.any():
-                    r = rows[sel]
-                    jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[r],
-                                          res.candidate_rotations[r, k]),
-                                 {"weights": w[None] * post[r, k, None, None].astype(np.float32),
-                                  "symmetry": sym_ops}))
-            insert_concurrently(jobs)
+        _backproject_poses(bps, fold_of[b], images_ft, ctfs, res, post, w, sym_ops)
     return HalfSetStep(idx=idx_all, rotations=out_rot, shifts_px=out_shift, folds=bps,
                        sigma2=resid / max(m, 1), pmax=pmax, n_poses=n_poses)

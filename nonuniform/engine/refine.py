@@ -94,6 +94,8 @@ class Refinement:
             raise InputError(f"--mode must be 'uniform' or 'nonuniform', not {config.mode!r}")
         if config.posterior_poses < 1:
             raise InputError(f"--posterior-poses must be at least 1, not {config.posterior_poses}")
+        if not 0 <= config.min_posterior < 1:
+            raise InputError(f"--min-posterior must be in [0, 1), not {config.min_posterior}")
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)

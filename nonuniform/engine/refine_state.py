@@ -35,8 +35,8 @@ class RefineConfig:
     min_step_deg: float = 0.9
     shift_range_px: float = 5.0
     marginalize: bool = True
-    posterior_poses: int = 16
-    min_posterior: float = 0.02
+    posterior_poses: int = 64
+    min_posterior: float = 0.01
     awf: float = 3.0
     nu_order: int = 8
     nu_cutoffs: int = 50

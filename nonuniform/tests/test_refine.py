@@ -108,6 +108,7 @@ def test_refine_bad_input(tiny, tmp_path, caplog):
              (["--particles", str(tiny / "noctf.star")], "rlnDefocusU"),
              (["--particles", star, "--sym", "C0"], "C0"),
              (["--particles", star, "--posterior-poses", "0"], "--posterior-poses"),
+             (["--particles", star, "--min-posterior", "1.5"], "--min-posterior"),
              (["--particles", star, "--out", str(blocker / "x")], "a_file")]
     for extra, culprit in cases:
         caplog.clear()
