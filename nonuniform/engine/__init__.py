@@ -11,7 +11,7 @@ Modules (one concept each): ``backend``, ``fourier``, ``geometry``, ``symmetry``
 ``refine_state`` (configuration, state, checkpoints), ``refine`` (the refinement driver),
 ``regularize`` (non-uniform and uniform filters), ``fsc``, ``filters``, ``masks``, ``locres``
 (+ ``localfsc``), ``io``, ``star``, ``particles`` (+ ``particles_write``), ``pipeline``,
-``phantoms``, ``membrane``, ``simulate``, ``plots``, ``demo``, ``cli``.
+``phantoms``, ``membrane``, ``simulate``, ``plots``, ``demo``, ``cli`` (+ ``cli_maps``).
 """
 
 import importlib

@@ -1,4 +1,5 @@
-"""Command line: ``nonuniform <command> ...`` (also ``python -m nonuniform.engine``).
+"""Command line: ``nonuniform <command> ...`` (also ``python -m nonuniform.engine``); the commands
+on maps (``fsc``, ``filter``, ``locres``) live in :mod:`.cli_maps`.
 
 Every command validates its inputs first; bad input ends with one message naming the culprit and
 exit status 2, and outputs are written atomically, so a failed run leaves no partial files.
@@ -13,6 +14,8 @@ import time
 import numpy as np
 
 from . import fourier
+from .cli_maps import (add_filter_args, add_fsc_args, add_locres_args, check_output_path, run_filter, run_fsc,
+                       run_locres)
 from .errors import InputError
 
 logger = logging.getLogger("nonuniform")
@@ -30,52 +33,6 @@ def _progress(total, desc):
         return None
     return tqdm(total=total, desc=desc, unit="ptcl", file=sys.stderr, disable=not sys.stderr.isatty(),
                 leave=False)
-
-
-def _check_output_path(path, what="output"):
-    """Refuse an output whose folder does not exist or is not writable (before any work)."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise InputError(f"{what} folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what} folder is not writable: {folder}")
-
-
-def _read_map(path, what):
-    from .io import read_mrc
-
-    vol, apix = read_mrc(path)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise InputError(f"{what} {path} is not a cubic 3-D map (shape {vol.shape})")
-    if not np.isfinite(vol).all():
-        raise InputError(f"{what} {path} contains NaN or Inf values")
-    return vol, apix
-
-
-def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
-    if a.shape != b.shape:
-        raise InputError(f"{name_b} has shape {b.shape} but {name_a} has {a.shape}")
-    if apix_a > 0 and apix_b > 0 and abs(apix_a - apix_b) > 1e-3 * apix_a:
-        raise InputError(f"{name_b} has pixel size {apix_b:.4f} Å but {name_a} has {apix_a:.4f} Å")
-
-
-def _read_half_maps(args):
-    """``--half1``, ``--half2`` and optional ``--mask``, validated: (half1, half2, pixel size, mask)."""
-    v1, a1 = _read_map(args.half1, "half-map")
-    v2, a2 = _read_map(args.half2, "half-map")
-    _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
-    for v, name in ((v1, args.half1), (v2, args.half2)):
-        if float(v.std()) == 0.0:
-            raise InputError(f"half-map {name} is constant (empty)")
-    mask = None
-    if args.mask:
-        mask, am = _read_map(args.mask, "mask")
-        _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
-        if mask.max() <= 0:
-            raise InputError(f"mask {args.mask} is empty")
-    if not a1 > 0:
-        raise InputError(f"{args.half1} has no pixel size in its header")
-    return v1, v2, a1, mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +102,7 @@ def run_reconstruct(args):
     from .pipeline import reconstruct_particles
 
     symmetry.symmetry_matrices(args.sym)  # validates the name before any work
-    _check_output_path(args.out)
+    check_output_path(args.out)
     particles = load_particles(args.particles, require_ctf=not args.no_ctf)
     if args.no_ctf:
         particles.has_ctf = False
@@ -163,107 +120,6 @@ def run_reconstruct(args):
     dt = time.time() - t0
     logger.info("reconstructed %d particles (box %d, %s) in %.1f s (%.0f particles/s) -> %s",
                 len(particles), particles.box_px, args.sym, dt, len(particles) / dt, args.out)
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# fsc
-
-
-def add_fsc_args(p):
-    p.add_argument("map1", help="first half-map (.mrc)")
-    p.add_argument("map2", help="second half-map (.mrc)")
-    p.add_argument("--mask", help="soft solvent mask (.mrc); adds masked and phase-randomization-"
-                                  "corrected curves")
-    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png")
-    p.add_argument("--threshold", type=float, default=0.143)
-    p.add_argument("--pixel-size", type=float, help="pixel size in Å (default: from the map header)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the phase randomization")
-
-
-def run_fsc(args):
-    from . import fsc
-    from .plots import plot_fsc
-
-    _check_output_path(args.out + ".csv")
-    v1, a1 = _read_map(args.map1, "map")
-    v2, a2 = _read_map(args.map2, "map")
-    _check_same_grid(v1, a1, args.map1, v2, a2, args.map2)
-    for v, name in ((v1, args.map1), (v2, args.map2)):
-        if float(v.std()) == 0.0:
-            raise InputError(f"map {name} is constant: its FSC is undefined")
-    apix = args.pixel_size or a1
-    if not apix or apix <= 0:
-        raise InputError(f"{args.map1} has no pixel size in its header; pass --pixel-size")
-    box = v1.shape[0]
-    if args.mask:
-        mask, am = _read_map(args.mask, "mask")
-        _check_same_grid(v1, a1, args.map1, mask, am, args.mask)
-        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3 or mask.max() <= 0:
-            raise InputError(f"mask {args.mask} must have values in [0, 1] and not be empty "
-                             f"(range {mask.min():.3g}..{mask.max():.3g})")
-        res = fsc.corrected_fsc(v1, v2, mask, apix, np.random.default_rng(args.seed),
-                                threshold=args.threshold)
-        curves, resolutions = res.curves(), res.resolutions_ang()
-        for w in res.warnings:
-            logger.warning(w)
-        headline = ("corrected", res.resolution_corrected_ang)
-    else:
-        curve = fsc.fsc_curve(v1, v2)
-        r = fsc.resolution_at(curve, box, apix, args.threshold)
-        curves, resolutions = {"fsc_unmasked": curve}, {"fsc_unmasked": r}
-        headline = ("unmasked", r)
-    fsc.write_fsc_csv(args.out + ".csv", curves, box, apix,
-                      metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in resolutions.items()})
-    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold)
-    print(f"FSC={args.threshold:g} resolution ({headline[0]}): {headline[1]:.2f} Å")
-    logger.info("wrote %s.csv and %s.png", args.out, args.out)
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# filter
-
-
-def add_filter_args(p):
-    p.add_argument("--half1", required=True, help="first half-map (.mrc)")
-    p.add_argument("--half2", required=True, help="second half-map (.mrc), independent of the first")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
-    p.add_argument("--mask", help="solvent mask (.mrc): voxels outside get the lowest cutoff")
-    p.add_argument("--awf", type=float, default=3.0, help="adaptive window factor (cryoSPARC refine_nu_awf)")
-    p.add_argument("--order", type=int, default=8, help="Butterworth order (refine_nu_order)")
-    p.add_argument("--n-cutoffs", type=int, default=50, help="number of candidate cutoffs up to Nyquist")
-    p.add_argument("--filter-type", default="butterworth", choices=("butterworth", "gaussian", "rect"),
-                   help="candidate low-pass kernel (refine_nu_filtertype)")
-
-
-def run_filter(args):
-    from .io import write_json, write_mrc
-    from .regularize import nu_filter
-
-    v1, v2, a1, mask = _read_half_maps(args)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from exc
-    _check_output_path(os.path.join(args.out, "filtered.mrc"))
-    t0 = time.time()
-    # Cross-validation between the two independent halves picks each voxel's cutoff; the
-    # average of the halves is filtered with it (each half is one fold of the full data).
-    res = nu_filter(v1, v2, half_map=(v1 + v2) / 2, pixel_size_ang=a1, awf=args.awf, order=args.order,
-                    n_cutoffs=args.n_cutoffs, kind=args.filter_type, mask=mask)
-    dt = time.time() - t0
-    write_mrc(os.path.join(args.out, "filtered.mrc"), res.filtered, a1)
-    write_mrc(os.path.join(args.out, "cutoff_ang.mrc"), res.cutoff_ang, a1)
-    inside = res.cutoff_ang if mask is None else res.cutoff_ang[mask > 0.5]
-    summary = {"half1": os.path.abspath(args.half1), "half2": os.path.abspath(args.half2),
-               "awf": args.awf, "order": args.order, "n_cutoffs": args.n_cutoffs,
-               "filter_type": args.filter_type, "seconds": round(dt, 2),
-               "cutoff_ang_percentiles": {str(q): float(np.percentile(inside, q)) for q in (5, 25, 50, 75, 95)}}
-    write_json(os.path.join(args.out, "filter.json"), summary)
-    logger.info("adaptive filter in %.1f s; cutoff median %.2f Å (5-95 %%: %.2f-%.2f Å) -> %s", dt,
-                summary["cutoff_ang_percentiles"]["50"], summary["cutoff_ang_percentiles"]["5"],
-                summary["cutoff_ang_percentiles"]["95"], args.out)
     return 0
 
 
@@ -320,38 +176,6 @@ def run_refine(args):
                        posterior_poses=args.posterior_poses, min_posterior=args.min_posterior)
     Refinement(args.particles, args.ref, args.out, cfg, resume=args.resume, overwrite=args.overwrite).run(
         resume=args.resume)
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# locres
-
-
-def add_locres_args(p):
-    p.add_argument("--half1", required=True, help="first half-map (.mrc)")
-    p.add_argument("--half2", required=True, help="second half-map (.mrc)")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
-    p.add_argument("--mask", help="mask (.mrc): statistics and histogram inside it")
-    p.add_argument("--threshold", type=float, default=0.143, help="local FSC threshold")
-    p.add_argument("--window-factor", type=float, default=4.0,
-                   help="window radius (2σ) in units of each band's wavelength")
-    p.add_argument("--bands", type=int, default=24, help="number of frequency bands")
-
-
-def run_locres(args):
-    from .locres import local_resolution, write_locres_outputs
-
-    v1, v2, a1, mask = _read_half_maps(args)
-    t0 = time.time()
-    res = local_resolution(v1, v2, a1, mask=mask, threshold=args.threshold, window_factor=args.window_factor,
-                           n_bands=args.bands)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from exc
-    write_locres_outputs(args.out, res, a1)
-    logger.info("local resolution in %.1f s: median %.2f Å (5-95 %%: %.2f-%.2f Å) -> %s", time.time() - t0,
-                res.median_ang, res.percentiles_ang[5], res.percentiles_ang[95], args.out)
     return 0
 
 
