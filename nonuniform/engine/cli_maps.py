@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from .errors import InputError
+from .io import make_output_folder, read_volume
 
 logger = logging.getLogger("nonuniform")
 
@@ -26,17 +27,6 @@ def check_output_path(path, what="output"):
         raise InputError(f"{what} folder is not writable: {folder}")
 
 
-def _read_map(path, what):
-    from .io import read_mrc
-
-    vol, apix = read_mrc(path)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise InputError(f"{what} {path} is not a cubic 3-D map (shape {vol.shape})")
-    if not np.isfinite(vol).all():
-        raise InputError(f"{what} {path} contains NaN or Inf values")
-    return vol, apix
-
-
 def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
     if a.shape != b.shape:
         raise InputError(f"{name_b} has shape {b.shape} but {name_a} has {a.shape}")
@@ -46,15 +36,15 @@ def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
 
 def _read_half_maps(args):
     """``--half1``, ``--half2`` and optional ``--mask``, validated: (half1, half2, pixel size, mask)."""
-    v1, a1 = _read_map(args.half1, "half-map")
-    v2, a2 = _read_map(args.half2, "half-map")
+    v1, a1 = read_volume(args.half1, "half-map")
+    v2, a2 = read_volume(args.half2, "half-map")
     _check_same_grid(v1, a1, args.half1, v2, a2, args.half2)
     for v, name in ((v1, args.half1), (v2, args.half2)):
         if float(v.std()) == 0.0:
             raise InputError(f"half-map {name} is constant (empty)")
     mask = None
     if args.mask:
-        mask, am = _read_map(args.mask, "mask")
+        mask, am = read_volume(args.mask, "mask")
         _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
         if mask.max() <= 0:
             raise InputError(f"mask {args.mask} is empty")
@@ -83,8 +73,8 @@ def run_fsc(args):
     from .plots import plot_fsc
 
     check_output_path(args.out + ".csv")
-    v1, a1 = _read_map(args.map1, "map")
-    v2, a2 = _read_map(args.map2, "map")
+    v1, a1 = read_volume(args.map1, "map")
+    v2, a2 = read_volume(args.map2, "map")
     _check_same_grid(v1, a1, args.map1, v2, a2, args.map2)
     for v, name in ((v1, args.map1), (v2, args.map2)):
         if float(v.std()) == 0.0:
@@ -94,7 +84,7 @@ def run_fsc(args):
         raise InputError(f"{args.map1} has no pixel size in its header; pass --pixel-size")
     box = v1.shape[0]
     if args.mask:
-        mask, am = _read_map(args.mask, "mask")
+        mask, am = read_volume(args.mask, "mask")
         _check_same_grid(v1, a1, args.map1, mask, am, args.mask)
         if mask.min() < -1e-3 or mask.max() > 1 + 1e-3 or mask.max() <= 0:
             raise InputError(f"mask {args.mask} must have values in [0, 1] and not be empty "
@@ -139,10 +129,7 @@ def run_filter(args):
     from .regularize import nu_filter
 
     v1, v2, a1, mask = _read_half_maps(args)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from exc
+    make_output_folder(args.out)
     check_output_path(os.path.join(args.out, "filtered.mrc"))
     t0 = time.time()
     # Cross-validation between the two independent halves picks each voxel's cutoff; the
@@ -186,10 +173,7 @@ def run_locres(args):
     t0 = time.time()
     res = local_resolution(v1, v2, a1, mask=mask, threshold=args.threshold, window_factor=args.window_factor,
                            n_bands=args.bands)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {args.out}: {exc.strerror}") from exc
+    make_output_folder(args.out)
     write_locres_outputs(args.out, res, a1)
     logger.info("local resolution in %.1f s: median %.2f Å (5-95 %%: %.2f-%.2f Å) -> %s", time.time() - t0,
                 res.median_ang, res.percentiles_ang[5], res.percentiles_ang[95], args.out)

@@ -140,6 +140,24 @@ def read_mrc(path):
     return data, pixel_size_ang
 
 
+def read_volume(path, what="map"):
+    """:func:`read_mrc` for a cubic 3-D map with finite values; ``what`` names it in errors."""
+    vol, apix = read_mrc(path)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"{what} {path} is not a cubic 3-D map (shape {vol.shape})")
+    if not np.isfinite(vol).all():
+        raise InputError(f"{what} {path} contains NaN or Inf values")
+    return vol, apix
+
+
+def make_output_folder(path):
+    """Create ``path`` (and parents) if absent; InputError naming it if that is impossible."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {path}: {exc.strerror}") from exc
+
+
 def _write_mrc_data(path, data, pixel_size_ang, stack):
     data = np.ascontiguousarray(data, dtype=np.float32)
     with atomic_write(path) as tmp:

@@ -28,7 +28,7 @@ from . import filters, fourier, fsc, geometry, masks, symmetry
 from .errors import InputError
 from .estep import align_and_backproject
 from .fourier import resample_map
-from .io import read_mrc, write_json, write_mrc
+from .io import make_output_folder, read_mrc, read_volume, write_json, write_mrc
 from .particles import load_particles, save_particles
 from .pipeline import half_set_labels
 from .refine_state import RefineConfig, State, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
@@ -135,17 +135,11 @@ class Refinement:
             raise InputError(f"cannot create output folder {self.out}: {parent} is not a writable folder")
 
     def _create_out_dir(self):
-        try:
-            os.makedirs(os.path.join(self.out, "checkpoints"), exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create output folder {self.out}: {exc.strerror}") from exc
+        make_output_folder(self.out)
+        make_output_folder(os.path.join(self.out, "checkpoints"))
 
     def _initial_reference(self, path):
-        vol, apix = read_mrc(path)
-        if vol.ndim != 3 or len(set(vol.shape)) != 1:
-            raise InputError(f"reference {path} is not a cubic 3-D map (shape {vol.shape})")
-        if not np.isfinite(vol).all():
-            raise InputError(f"reference {path} contains NaN or Inf values")
+        vol, apix = read_volume(path, "reference")
         if apix <= 0:
             apix = self.apix
         if vol.shape[0] != self.box or abs(apix - self.apix) > 1e-3 * self.apix:
