@@ -54,6 +54,7 @@ at 0.5 to it (0.5 against a noise-free reference corresponds to 0.143 between ha
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -224,8 +225,10 @@ def _relion_resolution(rdir):
         if g is not None and "rlnCurrentResolution" in g:
             cur = float(np.asarray(g["rlnCurrentResolution"])[0])
     final = None
-    log = os.path.join(rdir, "relion.log")
-    if os.path.exists(log):
+    # relion.log is the first run's; a run resumed with --continue logs to continue*.log.
+    for log in [os.path.join(rdir, "relion.log")] + sorted(glob.glob(os.path.join(rdir, "continue*.log"))):
+        if not os.path.exists(log):
+            continue
         with open(log, errors="replace") as f:
             for line in f:
                 if "Final resolution" in line:
@@ -440,8 +443,24 @@ def cmd_trajectory(a):
         print(f"{i:4d} {elapsed / 60:11.1f} {dt / 60:8.1f} {row.get('relion_resolution_ang', float('nan')):8.2f} "
               f"{row['fsc05_ang']:12.2f} {row['fsc0143_ang']:6.2f} {row.get('ang_median', float('nan')):7.2f} "
               f"{100 * row.get('ang_gt10', float('nan')):5.1f}%", flush=True)
+    final = os.path.join(r, "run_class001.mrc")
+    if os.path.exists(final):
+        # The last iteration of a converged auto-refine joins the halves and writes run_class001.mrc,
+        # run_data.star and run_model.star without an iteration number.
+        t0 = mtime[its[-1]]
+        t1 = os.path.getmtime(os.path.join(r, "run_model.star"))
+        dt = t1 - t0 - paused(t0, t1)
+        elapsed += dt
+        vol, _ = io.read_mrc(final)
+        row = {"iteration": "final", "seconds": dt, "elapsed_seconds": elapsed}
+        row["fsc05_ang"], row["fsc0143_ang"] = _fsc_truth(vol, truth_vol, apix)
+        ang = _angular_errors(truth, _load_in(os.path.join(r, "run_data.star"), data))
+        row.update(ang_median=float(np.median(ang)), ang_gt10=float(np.mean(ang > 10)))
+        rows.append(row)
+        print(f"{'final':>5s}{elapsed / 60:11.1f} {dt / 60:8.1f} {'':8s} {row['fsc05_ang']:12.2f} "
+              f"{row['fsc0143_ang']:6.2f} {row['ang_median']:7.2f} {100 * row['ang_gt10']:5.1f}%", flush=True)
     print("\nvs truth: FSC of the average of RELION's two half-maps of that iteration against truth.mrc; "
-          "ang: geodesic error of that iteration's poses (max-probability) against the true ones.")
+          "ang: geodesic error of that iteration's poses (max-probability) against the true ones; final: run_class001.mrc and run_data.star of the last (joined) iteration.")
     if a.json:
         io.write_json(a.json, {"relion": r, "restarts": restarts, "ended": ended, "iterations": rows})
 
