@@ -4,7 +4,7 @@
     python benchmarks/bench_refine.py relion --data D --out R     # mpirun -n 3 relion_refine_mpi --j 1
     python benchmarks/bench_refine.py ours --data D --out O [--mode uniform]
     python benchmarks/bench_refine.py report --data D --relion R --ours O [--ours-nu O2] [--plot F.png]
-        [--relion-iteration N --relion-wall S]    # an unfinished RELION run: its iteration N
+        [--relion-iteration N] [--relion-wall S] [--mask M.mrc]   # N: an unfinished RELION run's iteration
     python benchmarks/bench_refine.py trajectory --data D --relion R [--restart N@EPOCH]
 
 ``simulate`` writes, with this project's CLI, the protein-phantom data set (``D/particles.star``
@@ -32,12 +32,17 @@ simulated images are not normalised to background std 1 (RELION warns, and runs)
 CPU seconds (user + sys of all its processes) to ``R/bench_relion.json``.
 
 RELION's auto-refine on this set takes hours on 2 cores (about 100 minutes for its first 9
-iterations, then about 2 hours per global iteration at 3.75°). A run that was stopped resumes from
-its last finished iteration N with ``relion_refine_mpi --continue R/run_itNNN_optimiser.star --o
-R/run --j 1 --pool 3 --dont_combine_weights_via_disc`` (same ``mpirun`` prefix, inside ``D``);
-``trajectory --restart``/``--ended`` then time it without the gap, and ``report --relion-iteration``
-evaluates an unfinished run. With three ranks on two cores the leader rank busy-waits and takes
-CPU from the workers: ``renice 10`` it (fairer to RELION).
+iterations, then more than 3 hours for its 10th, a global search at 3.75°). A run that was stopped
+resumes from its last finished iteration N with ``relion_refine_mpi --continue
+R/run_itNNN_optimiser.star --o R/run --j 1 --pool 3 --dont_combine_weights_via_disc`` (same
+``mpirun`` prefix, inside ``D``; add ``--auto_local_healpix_order 3 --sigma_ang 7.5`` to go on
+with local searches, as the recorded run did from iteration 10, and ``--solvent_mask M
+--solvent_correct_fsc`` for a masked run), logging to ``R/continue*.log``; ``trajectory
+--restart``/``--ended`` then time it without the gap, and ``report --relion-iteration`` evaluates
+an unfinished run. With three ranks on two cores the leader rank busy-waits and takes CPU from
+the workers: ``renice 10`` it (fairer to RELION). ``report --mask M`` also compares every map and
+the truth with one mask applied (unmasked, the noise outside the particle dominates FSC-0.5).
+``bench_refine_late.py`` re-runs the last iterations of one of our runs with other search settings.
 
 ``ours`` runs ``python -m nonuniform.engine --threads 2 refine`` on the same ``input.star`` and
 ``init.mrc``; log in ``O/bench_ours.log``, times in ``O/bench_ours.json``.
