@@ -110,7 +110,8 @@ def bench_refine(args):
     print(f"{args.phantom} phantom, {args.n} particles, box {args.box}, {args.pixel_size} Å/px, SNR {args.snr}")
     keys = ["gs_resolution_ang", "map_vs_truth_fsc05_ang", "map_vs_truth_fsc0143_ang", "map_nu_vs_truth_fsc05_ang",
             "median_angular_error_deg", "mean_angular_error_deg", "fraction_angular_error_above_10deg",
-            "wall_seconds"]
+            "frame_rotation_deg", "median_angular_error_frame_aligned_deg",
+            "fraction_angular_error_above_10deg_frame_aligned", "wall_seconds"]
     print(f"{'':40s} {'uniform':>10s} {'nonuniform':>10s}")
     for k in keys:
         vals = [rows[m].get(k) for m in ("uniform", "nonuniform")]

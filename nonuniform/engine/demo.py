@@ -22,9 +22,14 @@ logger = logging.getLogger(__name__)
 def evaluate_run(run_dir, truth_particles, truth_map, apix):
     """Resolutions vs truth (FSC 0.5 and 0.143) and pose errors of a finished refinement."""
     refined = load_particles(os.path.join(run_dir, "particles.star"), require_ctf=False)
-    ang = geometry.angular_distance_deg(particle_rotations(truth_particles), particle_rotations(refined))
+    true_rot, rot = particle_rotations(truth_particles), particle_rotations(refined)
+    ang = geometry.angular_distance_deg(true_rot, rot)
+    # The same, once the map's frame (free up to a rotation) is turned onto the truth's.
+    aligned, _, frame_deg = geometry.frame_alignment(true_rot, rot)
     out = {"median_angular_error_deg": float(np.median(ang)), "mean_angular_error_deg": float(np.mean(ang)),
-           "fraction_angular_error_above_10deg": float(np.mean(ang > 10))}
+           "fraction_angular_error_above_10deg": float(np.mean(ang > 10)), "frame_rotation_deg": frame_deg,
+           "median_angular_error_frame_aligned_deg": float(np.median(aligned)),
+           "fraction_angular_error_above_10deg_frame_aligned": float(np.mean(aligned > 10))}
     curves = {}
     box = truth_map.shape[0]
     for name in ("map", "map_nu"):

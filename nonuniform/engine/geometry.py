@@ -112,6 +112,45 @@ def angular_distance_deg(a, b):
     return np.rad2deg(np.arccos(np.clip((tr - 1) / 2, -1.0, 1.0)))
 
 
+def nearest_rotation(m):
+    """The rotation matrix closest to ``m`` (3, 3) in the Frobenius norm (SVD, determinant +1)."""
+    u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def frame_alignment(true_rotations, rotations, inlier_deg=15.0):
+    """Pose errors against the truth once the refinement's map frame is turned onto the truth's.
+
+    A refinement fixes its map only up to a rotation: the starting reference pins the frame
+    loosely (a 30 Å map of a nearly round particle lets it turn about its axis by a few degrees)
+    and the poses turn with the map, ``rotations ≈ true_rotations @ G``. ``G`` is the rotation
+    nearest to the sum of ``true_i.T @ rotations_i`` (chordal mean), refit on the particles within
+    ``inlier_deg`` of the first fit so that misassigned poses do not pull it.
+
+    Parameters
+    ----------
+    true_rotations, rotations : ndarray, shape (n, 3, 3)
+        True and refined particle rotations (the same convention, e.g. :func:`euler_to_matrix`).
+    inlier_deg : float
+
+    Returns
+    -------
+    errors_deg : ndarray, shape (n,)
+        Geodesic angle between ``true_rotations @ G`` and ``rotations``.
+    g : ndarray, shape (3, 3)
+    angle_deg : float
+        The rotation angle of ``G``.
+    """
+    t = np.asarray(true_rotations, np.float64)
+    r = np.asarray(rotations, np.float64)
+    d = np.einsum("nji,njk->nik", t, r)
+    g = nearest_rotation(d.sum(axis=0))
+    inliers = angular_distance_deg(t @ g, r) < inlier_deg
+    if inliers.any():
+        g = nearest_rotation(d[inliers].sum(axis=0))
+    return angular_distance_deg(t @ g, r), g, float(angular_distance_deg(g, np.eye(3)))
+
+
 def sphere_directions(step_deg):
     """Quasi-uniform unit directions with mean spacing ``step_deg`` (Fibonacci spiral).
 
