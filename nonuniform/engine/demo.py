@@ -90,6 +90,7 @@ def _write_markdown(path, report):
             ("map_vs_truth_fsc05_ang", "map vs truth, FSC 0.5 (Å)"),
             ("map_nu_vs_truth_fsc05_ang", "NU-filtered map vs truth, FSC 0.5 (Å)"),
             ("median_angular_error_deg", "median angular error (°)"),
+            ("median_angular_error_frame_aligned_deg", "the same, map frame aligned to the truth (°)"),
             ("fraction_angular_error_above_10deg", "fraction of poses off by > 10°"),
             ("wall_seconds", "wall time (s)")]
     for key, label in keys:

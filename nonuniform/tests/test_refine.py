@@ -90,6 +90,18 @@ def test_reference_resampled_with_warning(tiny, tmp_path, caplog):
     assert any("resampling" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
+def test_coarse_start_warns(tiny, tmp_path, caplog):
+    # Box 32 at 3 Å/px: the default particle diameter is 0.8 x 96 = 76.8 Å, 2.6 resolution elements
+    # of the default 30 Å start (below 3): warned, with the finer start it suggests (76.8 / 4 Å).
+    star, ref = str(tiny / "particles.star"), str(tiny / "truth.mrc")
+    Refinement(star, ref, str(tmp_path / "a"), RefineConfig(max_iterations=0))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "initial low-pass" in r.getMessage()]
+    assert len(warned) == 1 and "2.6 resolution elements" in warned[0] and "19 Å" in warned[0], warned
+    caplog.clear()
+    Refinement(star, ref, str(tmp_path / "b"), RefineConfig(max_iterations=0, initial_lowpass_ang=20.0))
+    assert not [r for r in caplog.records if "initial low-pass" in r.getMessage()]
+
+
 def test_refine_bad_input(tiny, tmp_path, caplog):
     star = str(tiny / "particles.star")
     ref = str(tiny / "truth.mrc")
@@ -109,6 +121,8 @@ def test_refine_bad_input(tiny, tmp_path, caplog):
              (["--particles", star, "--sym", "C0"], "C0"),
              (["--particles", star, "--posterior-poses", "0"], "--posterior-poses"),
              (["--particles", star, "--min-posterior", "1.5"], "--min-posterior"),
+             (["--particles", star, "--initial-lowpass-ang", "0"], "--initial-lowpass-ang"),
+             (["--particles", star, "--diameter-ang", "-5"], "--diameter-ang"),
              (["--particles", star, "--out", str(blocker / "x")], "a_file")]
     for extra, culprit in cases:
         caplog.clear()
