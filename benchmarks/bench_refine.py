@@ -255,22 +255,19 @@ def _load_in(star, cwd):
         os.chdir(old)
 
 
-def _angular_errors(truth, refined, frame_aligned=False):
-    """Geodesic error (deg) per refined particle against its true pose, matched by image.
-
-    With ``frame_aligned``: (errors once the map frame is turned onto the truth's, that turn in deg),
-    :func:`geometry.frame_alignment`.
-    """
+def _matched_rotations(truth, refined):
+    """(true, refined) rotation matrices of the refined particles, matched to the truth by image name."""
     where = {ref: i for i, ref in enumerate(truth.image_refs)}
     try:
         idx = np.array([where[ref] for ref in refined.image_refs])
     except KeyError as exc:
         raise SystemExit(f"{refined.star_path}: image {exc} is not in {truth.star_path}") from None
-    true_rot, rot = pipeline.particle_rotations(truth, idx), pipeline.particle_rotations(refined)
-    if frame_aligned:
-        err, _, frame_deg = geometry.frame_alignment(true_rot, rot)
-        return err, frame_deg
-    return geometry.angular_distance_deg(true_rot, rot)
+    return pipeline.particle_rotations(truth, idx), pipeline.particle_rotations(refined)
+
+
+def _angular_errors(truth, refined):
+    """Geodesic error (deg) per refined particle against its true pose, matched by image."""
+    return geometry.angular_distance_deg(*_matched_rotations(truth, refined))
 
 
 def _fsc_truth(path_or_vol, truth_vol, apix, curves=None, label=None):
@@ -289,9 +286,10 @@ def _run_row(name, map_path, star_path, star_cwd, reported, times, truth, truth_
     row["fsc05"], row["fsc0143"] = (_fsc_truth(map_path, truth_vol, apix, curves, name) if os.path.exists(map_path)
                                     else (None,) * 2)
     if os.path.exists(star_path):
-        refined = _load_in(star_path, star_cwd)
-        ang = _angular_errors(truth, refined)
-        aligned, frame_deg = _angular_errors(truth, refined, frame_aligned=True)
+        true_rot, rot = _matched_rotations(truth, _load_in(star_path, star_cwd))
+        ang = geometry.angular_distance_deg(true_rot, rot)
+        # The same once the map frame (free up to a rotation) is turned onto the truth's.
+        aligned, _, frame_deg = geometry.frame_alignment(true_rot, rot)
         row.update(ang_median=float(np.median(ang)), ang_mean=float(ang.mean()),
                    ang_gt10=float(np.mean(ang > 10)), n=len(ang), frame_deg=frame_deg,
                    ang_median_aligned=float(np.median(aligned)), ang_gt10_aligned=float(np.mean(aligned > 10)))
@@ -299,6 +297,8 @@ def _run_row(name, map_path, star_path, star_cwd, reported, times, truth, truth_
 
 
 def cmd_report(a):
+    if a.mask and not os.path.exists(a.mask):
+        sys.exit(f"--mask {a.mask}: no such file")
     data = os.path.abspath(a.data)
     truth = particles.load_particles(os.path.join(data, "particles.star"))
     truth_vol, apix = io.read_mrc(os.path.join(data, "truth.mrc"))

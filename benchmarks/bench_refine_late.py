@@ -73,6 +73,10 @@ def main(argv=None):
     data = os.path.abspath(a.data)
     if os.path.exists(a.out):
         sys.exit(f"{a.out} exists")
+    for need in [os.path.join(a.run, "config.json"), os.path.join(data, "truth.mrc")] + [
+            os.path.join(a.run, "checkpoints", f"iter{i:03d}.npz") for i in range(1, a.start + 1)]:
+        if not os.path.exists(need):
+            sys.exit(f"{need}: no such file (--run must be a finished run with checkpoints up to --from)")
     os.makedirs(os.path.join(a.out, "checkpoints"))
     for i in range(1, a.start + 1):
         for ext in ("npz", "json"):

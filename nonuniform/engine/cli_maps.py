@@ -112,11 +112,16 @@ def run_fsc(args):
 # filter
 
 
-def add_filter_args(p):
+def _add_half_map_args(p, mask_help):
+    """--half1, --half2, --out (a folder) and --mask, shared by ``filter`` and ``locres``."""
     p.add_argument("--half1", required=True, help="first half-map (.mrc)")
     p.add_argument("--half2", required=True, help="second half-map (.mrc), independent of the first")
     p.add_argument("--out", required=True, help="output folder (created if absent)")
-    p.add_argument("--mask", help="solvent mask (.mrc): voxels outside get the lowest cutoff")
+    p.add_argument("--mask", help=mask_help)
+
+
+def add_filter_args(p):
+    _add_half_map_args(p, "solvent mask (.mrc): voxels outside get the lowest cutoff")
     p.add_argument("--awf", type=float, default=3.0, help="adaptive window factor (cryoSPARC refine_nu_awf)")
     p.add_argument("--order", type=int, default=8, help="Butterworth order (refine_nu_order)")
     p.add_argument("--n-cutoffs", type=int, default=50, help="number of candidate cutoffs up to Nyquist")
@@ -156,10 +161,7 @@ def run_filter(args):
 
 
 def add_locres_args(p):
-    p.add_argument("--half1", required=True, help="first half-map (.mrc)")
-    p.add_argument("--half2", required=True, help="second half-map (.mrc)")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
-    p.add_argument("--mask", help="mask (.mrc): statistics and histogram inside it")
+    _add_half_map_args(p, "mask (.mrc): statistics and histogram inside it")
     p.add_argument("--threshold", type=float, default=0.143, help="local FSC threshold")
     p.add_argument("--window-factor", type=float, default=4.0,
                    help="window radius (2σ) in units of each band's wavelength")
