@@ -8,6 +8,7 @@ Scipion user-data folder (projects, logs, hosts.conf); it is deleted at the end 
 test failed after creating a Scipion project there (its path is then printed).
 """
 
+import glob
 import os
 import shutil
 import sys
@@ -30,7 +31,25 @@ def _scipion_environment(root):
         "SCIPION_TEST_NOSYNC": "1",  # never try to download test datasets
         "SCIPION_PYTHON": sys.executable,  # protocol subprocesses use this interpreter
         "SCIPION_HOSTS": hosts,
+        "RELION_HOME": _relion_home(root),  # for scipion-em-relion (a test dependency)
     })
+
+
+def _relion_home(root):
+    """A RELION_HOME for scipion-em-relion: ``relion-3.1.3/bin`` linking to RELION's programs on PATH.
+
+    The relion plugin takes the RELION version from the home folder's *name* (Debian installs the
+    programs in /usr/bin, which names no version), so the folder is named after Debian's 3.1.3.
+    It exists (with an empty bin/) even without RELION, so the plugin's path check passes and
+    only the tests that run RELION's programs skip.
+    """
+    home = os.path.join(root, "software", "relion-3.1.3")
+    os.makedirs(os.path.join(home, "bin"), exist_ok=True)
+    program = shutil.which("relion_postprocess")
+    if program:
+        for exe in glob.glob(os.path.join(os.path.dirname(program), "relion_*")):
+            os.symlink(exe, os.path.join(home, "bin", os.path.basename(exe)))
+    return home
 
 
 _scipion_environment(SCIPION_TMP)

@@ -21,7 +21,7 @@ setup(
     license="GPLv3",
     python_requires=">=3.10",
     packages=find_packages(include=["nonuniform", "nonuniform.*"]),
-    package_data={"nonuniform": ["protocols.conf", "*.png"]},
+    package_data={"nonuniform": ["protocols.conf", "nonuniform_logo.png"]},
     install_requires=[
         "numpy",
         "scipy",
@@ -34,7 +34,9 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x"],
-        "test": ["pytest"],
+        # scipion-em-relion 4.0.20 is the last release that drives RELION 3.1 (Debian's relion):
+        # the tests check that RELION's post-processing accepts our refinements.
+        "test": ["pytest", "scipion-em-relion==4.0.20"],
     },
     entry_points={
         "pyworkflow.plugin": ["nonuniform = nonuniform"],

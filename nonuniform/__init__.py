@@ -7,6 +7,7 @@ Scipion; the :class:`Plugin` class, protocols and viewers exist only when ``pwem
 __version__ = "0.1.0"
 
 _references = ["Punjani2020"]
+_logo = "nonuniform_logo.png"
 
 try:
     import pwem
@@ -15,6 +16,7 @@ except ImportError:  # engine-only use: the Scipion layer is simply absent
 
 if pwem is not None:
     import os
+    import sys
 
     import pyworkflow
     from pyworkflow.utils import Environ
@@ -31,6 +33,11 @@ if pwem is not None:
         def getEnviron(cls):
             """Environment for the engine subprocess: the caller's, unchanged."""
             return Environ(os.environ)
+
+        @classmethod
+        def getProgram(cls):
+            """The engine's command line, run by the interpreter that runs the protocols."""
+            return f"{sys.executable} -m nonuniform.engine"
 
         @classmethod
         def defineBinaries(cls, env):

@@ -1,0 +1,284 @@
+"""Conversion between Scipion objects and the files of the ``nonuniform`` engine.
+
+This is the only module that knows both sides: protocols and viewers call it, the engine never
+imports Scipion. The engine reads and writes RELION 3.1 STAR files, so a ``SetOfParticles``
+goes out as a STAR file (one optics group, CTF per particle, stacks referenced in place) and the
+refined ``particles.star`` comes back onto a copy of the input set, matched by particle id
+(``rlnImageId`` = Scipion ``objId``), never by row order.
+
+Geometry (docs: README *Conventions*): a Scipion ``Transform`` of an ``ALIGN_PROJ`` set is
+``M = [[Aᵀ, Aᵀs], [0, 1]]`` where ``A = A(rot, tilt, psi)`` is RELION's rotation matrix and
+``s = (rlnOriginX, rlnOriginY, 0)`` the RELION origin in pixels; so ``A = M[:3, :3]ᵀ`` and
+``s = A · M[:3, 3]``.
+"""
+
+import os
+
+import numpy as np
+from pwem.constants import ALIGN_PROJ
+from pwem.objects import FSC, Float, Integer, Transform
+
+from .engine import geometry, star, symmetry
+from .engine.errors import InputError
+from .engine.particles_write import image_name, write_particles_star
+from .engine.refine import MIN_PARTICLES_PER_HALF, MIN_START_ELEMENTS
+
+# File extensions the engine reads in place (mrcfile); anything else is converted once.
+MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
+
+# Engine FSC columns (fsc.csv) and the labels Scipion shows for them.
+FSC_LABELS = {
+    "fsc_unmasked": "Unmasked",
+    "fsc_masked": "Masked",
+    "fsc_phase_randomized": "Phase randomized (masked)",
+    "fsc_corrected": "Corrected (phase-randomization)",
+}
+
+# Per-particle statistics copied back from the engine's particles.star as Scipion attributes.
+POSTERIOR_COLUMNS = {"rlnMaxValueProbDistribution": Float, "rlnNrOfSignificantSamples": Integer}
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def matrixFromGeometry(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px):
+    """Scipion ``ALIGN_PROJ`` 4×4 matrix of a RELION pose (angles in degrees, origin in px)."""
+    a = geometry.euler_to_matrix(rot_deg, tilt_deg, psi_deg)
+    m = np.eye(4)
+    m[:3, :3] = a.T
+    m[:3, 3] = a.T @ np.array([origin_x_px, origin_y_px, 0.0])
+    return m
+
+
+def geometryFromMatrix(matrix):
+    """Inverse of :func:`matrixFromGeometry`: ``(rot, tilt, psi)`` in degrees and the origin in px.
+
+    The out-of-plane component of the translation (not representable in a projection) is dropped.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    a = m[:3, :3].T
+    rot, tilt, psi = geometry.matrix_to_euler(a)
+    s = a @ m[:3, 3]
+    return float(rot), float(tilt), float(psi), float(s[0]), float(s[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# particles -> engine
+
+
+def _plainFileName(filename):
+    """File name without Scipion's ``:mrcs``-style format suffix, as an absolute path."""
+    base, sep, suffix = filename.rpartition(":")
+    if sep and suffix and "/" not in suffix and len(suffix) <= 5:
+        filename = base
+    return os.path.abspath(filename)
+
+
+def _isMrc(filename):
+    return filename.lower().endswith(MRC_EXTENSIONS)
+
+
+class _StackWriter:
+    """Images that the engine cannot read in place, gathered into one MRC stack in ``extra``."""
+
+    def __init__(self, path, box, pixel_size):
+        self.path, self.box, self.pixel_size = path, box, pixel_size
+        self.images = []
+
+    def add(self, location):
+        from pwem.emlib.image import ImageHandler
+
+        img = ImageHandler().read(location).getData().astype(np.float32)
+        self.images.append(img.reshape(self.box, self.box))
+        return len(self.images) - 1
+
+    def write(self):
+        if self.images:
+            from .engine.io import write_stack
+
+            write_stack(self.path, np.stack(self.images), self.pixel_size)
+
+
+def writeSetOfParticles(partSet, starFile, extraDir):
+    """Write the enabled particles of ``partSet`` as a RELION 3.1 STAR file for the engine.
+
+    MRC stacks are referenced in place (absolute paths); images in other formats are converted
+    once into ``extraDir/converted_particles.mrcs``. CTF (defocus U/V in Å, angle and phase
+    shift in degrees) is written per particle, voltage / Cs / amplitude contrast / pixel size as
+    one optics group; ``rlnImageId`` carries the Scipion id. An ``ALIGN_PROJ`` input writes its
+    poses, and ``_rlnRandomSubset`` attributes (1/2) keep an existing gold-standard split.
+
+    Returns
+    -------
+    int
+        Number of particles written.
+    """
+    acq = partSet.getAcquisition()
+    apix = float(partSet.getSamplingRate())
+    box = int(partSet.getXDim())
+    hasProj = partSet.hasAlignmentProj()
+    converted = _StackWriter(os.path.join(os.path.abspath(extraDir), "converted_particles.mrcs"), box, apix)
+    names, ids, ctf, poses, subsets = [], [], [], [], []
+    for p in partSet.iterItems(orderBy="id"):
+        if not p.isEnabled():
+            continue
+        index, fn = p.getLocation()
+        fn = _plainFileName(fn)
+        if _isMrc(fn) and index:
+            names.append(image_name(index - 1, fn))
+        else:  # another format, or one image per file: converted once into the run's extra folder
+            names.append((converted.add(p.getLocation()), converted.path))
+        ids.append(p.getObjId())
+        c = p.getCTF()
+        phase = c.getPhaseShift() if hasattr(c, "getPhaseShift") else None
+        ctf.append((c.getDefocusU(), c.getDefocusV(), c.getDefocusAngle(), phase or 0.0))
+        if hasProj:
+            poses.append(geometryFromMatrix(p.getTransform().getMatrix()))
+        subset = getattr(p, "_rlnRandomSubset", None)
+        subsets.append(int(subset.get()) if subset is not None and subset.get() is not None else 0)
+    converted.write()
+    names = [n if isinstance(n, str) else image_name(*n) for n in names]
+    ctf = np.array(ctf, dtype=np.float64).reshape(-1, 4)
+    kw = {}
+    if hasProj:
+        rot, tilt, psi, ox, oy = np.array(poses, dtype=np.float64).T
+        kw = dict(rot_deg=rot, tilt_deg=tilt, psi_deg=psi, shift_x_ang=ox * apix, shift_y_ang=oy * apix)
+    subsets = np.array(subsets, dtype=np.int64)
+    if len(subsets) and np.isin(subsets, (1, 2)).all():
+        kw["random_subset"] = subsets
+    write_particles_star(starFile, names, apix, box, acq.getVoltage(), acq.getSphericalAberration(),
+                         acq.getAmplitudeContrast(), ctf[:, 0], ctf[:, 1], ctf[:, 2],
+                         phase_shift_deg=ctf[:, 3] if np.any(ctf[:, 3]) else None,
+                         extra_columns={"rlnImageId": np.array(ids, dtype=np.int64)}, **kw)
+    return len(names)
+
+
+def engineMapFile(filename, extraDir, name):
+    """Absolute path of ``filename`` readable by the engine (MRC as is; other formats converted)."""
+    fn = _plainFileName(filename)
+    if _isMrc(fn):
+        return fn
+    from pwem.emlib.image import ImageHandler
+
+    out = os.path.join(os.path.abspath(extraDir), name + ".mrc")
+    ImageHandler().convert(fn, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# engine -> Scipion
+
+
+class ParticlesStarRows:
+    """Rows of an engine ``particles.star`` by Scipion id (``rlnImageId``).
+
+    Raises InputError when the file has no ``rlnImageId`` column (not written from Scipion).
+    """
+
+    def __init__(self, starFile):
+        blocks = star.read_star(starFile)
+        table = blocks.get("particles")
+        if table is None or "rlnImageId" not in table:
+            raise InputError(f"{starFile}: no data_particles block with rlnImageId")
+        self.pixelSize = float(blocks["optics"]["rlnImagePixelSize"][0])
+        self.table = table
+        self.rowOf = {int(i): r for r, i in enumerate(table["rlnImageId"])}
+
+    def __len__(self):
+        return len(self.rowOf)
+
+    def __contains__(self, objId):
+        return objId in self.rowOf
+
+    def value(self, objId, column):
+        return self.table[column][self.rowOf[objId]]
+
+    def updateParticle(self, particle):
+        """Give ``particle`` its refined pose (``ALIGN_PROJ``), half-set and posterior statistics."""
+        objId = particle.getObjId()
+        origin = [float(self.value(objId, c)) / self.pixelSize for c in ("rlnOriginXAngst", "rlnOriginYAngst")]
+        angles = [float(self.value(objId, c)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
+        particle.setTransform(Transform(matrixFromGeometry(*angles, *origin)))
+        if "rlnRandomSubset" in self.table:
+            particle._rlnRandomSubset = Integer(int(self.value(objId, "rlnRandomSubset")))
+        for column, kind in POSTERIOR_COLUMNS.items():
+            if column in self.table:
+                value = self.value(objId, column)
+                setattr(particle, "_" + column, kind(int(value) if kind is Integer else float(value)))
+
+
+def copyRefinedParticles(inputSet, outputSet, starFile):
+    """Fill ``outputSet`` with the input particles that the engine refined, with their new poses.
+
+    Items are matched by id, so disabled items, subsets and any row order survive; every other
+    attribute of the input items (CTF, coordinates, micrograph ids...) is kept.
+    """
+    rows = ParticlesStarRows(starFile)
+    outputSet.copyInfo(inputSet)
+    outputSet.setAlignmentProj()
+
+    def update(item, row=None):
+        if item.getObjId() in rows:
+            rows.updateParticle(item)
+        else:
+            item._appendItem = False
+
+    outputSet.copyItems(inputSet, updateItemCallback=update)
+    return outputSet
+
+
+def readFscCurves(csvFile):
+    """The engine's ``fsc.csv`` as a list of labelled Scipion ``FSC`` objects (x in 1/Å)."""
+    from .engine.fsc import read_fsc_csv
+
+    cols, _ = read_fsc_csv(csvFile)
+    out = []
+    for key, label in FSC_LABELS.items():
+        if key in cols:
+            f = FSC(objLabel=label)
+            f.setData(cols["freq_inv_ang"].tolist(), cols[key].tolist())
+            out.append(f)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checks the protocols share with the engine
+
+
+def symmetryError(name):
+    """None if ``name`` is a symmetry group the engine knows (RELION names), else the message."""
+    try:
+        symmetry.symmetry_matrices(name)
+    except (InputError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def minParticlesPerHalf():
+    """Fewest particles per half-set the engine accepts."""
+    return MIN_PARTICLES_PER_HALF
+
+
+def coarseStartWarning(diameterA, lowpassA):
+    """The engine's warning for a start with too few resolution elements, or None."""
+    elements = diameterA / lowpassA
+    if elements >= MIN_START_ELEMENTS:
+        return None
+    return (f"The initial low-pass ({lowpassA:.0f} Å) leaves only {elements:.1f} resolution elements across "
+            f"the {diameterA:.0f} Å particle: the first pose search may not orient the images. "
+            f"A start at {diameterA / 4:.0f} Å or finer is safer.")
+
+
+def gpuProblem():
+    """Why the engine cannot run on a GPU here (a message), or None if cupy sees a device."""
+    try:
+        import cupy
+    except ImportError:
+        return "cupy is not installed (pip install 'scipion-em-nonuniform[gpu]')"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "cupy sees no CUDA device"
+    except Exception as exc:  # no driver / no device: cupy raises CUDARuntimeError
+        return f"no usable CUDA device ({exc})"
+    return None
