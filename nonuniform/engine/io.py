@@ -100,10 +100,27 @@ def _json_default(obj):
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
+def _finite_or_none(obj):
+    """``obj`` with numpy values as Python ones and every NaN or infinite float replaced by None."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    """Write ``obj`` as indented JSON, atomically (numpy scalars and arrays are converted)."""
+    """Write ``obj`` as indented strict JSON, atomically.
+
+    numpy scalars and arrays are converted, and NaN or infinite numbers are written as ``null`` (strict
+    JSON parsers reject the bare ``NaN`` that Python's json module writes by default).
+    """
     with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
+        json.dump(_finite_or_none(obj), f, indent=2, default=_json_default, allow_nan=False)
         f.write("\n")
 
 
@@ -158,6 +175,9 @@ def make_output_folder(path):
         raise InputError(f"cannot create output folder {path}: {exc.strerror}") from exc
 
 
+_MRC_LABEL = f"{'written by nonuniform':79s} "
+
+
 def _write_mrc_data(path, data, pixel_size_ang, stack):
     data = np.ascontiguousarray(data, dtype=np.float32)
     with atomic_write(path) as tmp:
@@ -167,6 +187,9 @@ def _write_mrc_data(path, data, pixel_size_ang, stack):
                 mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_ang)
             mrc.update_header_stats()
+            # mrcfile's default label holds the creation time; without it the same data gives the
+            # same bytes (a resumed refinement's outputs are bit-identical to an uninterrupted one's).
+            mrc.header.label[0] = _MRC_LABEL
     logger.debug("wrote %s %s (%.4f Å/px)", path, data.shape, pixel_size_ang)
 
 

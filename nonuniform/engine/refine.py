@@ -12,8 +12,10 @@ Per iteration and per half-set h (DESIGN §2):
    frequency limit and angular step follow the resolution; stop when the resolution and poses stop
    improving, then extra final passes.
 
-All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration, so ``resume``
-continues a killed run and gives the result of an uninterrupted one (per-iteration seeds).
+All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration together
+with the maps the outputs are made of (:class:`~.refine_state.IterationMaps`), so ``resume`` continues a
+killed or finished run and gives the result of an uninterrupted one, bit for bit (per-iteration seeds, and
+the outputs are always written from the checkpoint, never recomputed).
 """
 
 import dataclasses
@@ -31,7 +33,8 @@ from .fourier import resample_map
 from .io import make_output_folder, read_mrc, read_volume, write_json, write_mrc
 from .particles import load_particles, save_particles
 from .pipeline import half_set_labels
-from .refine_state import RefineConfig, State, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
+                           load_maps, save_checkpoint, write_iteration_fsc)
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
@@ -69,6 +72,11 @@ def join_low_resolution(ref1, ref2, apix, split_ang):
     avg = (f1 + f2) / 2
     out = [fourier.irfftn_c(f * (1 - low) + avg * low, ref1.shape).astype(np.float32) for f in (f1, f2)]
     return out[0], out[1]
+
+
+def _degrees(value):
+    """An angle for the log: ``12.34°``, or ``–`` when there is none (None)."""
+    return "–" if value is None else f"{value:.2f}°"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +218,7 @@ class Refinement:
                                       prev_shifts_px=st.shifts_px[idx])
             rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
             accum[h], sigma2[h - 1] = r.folds, r.sigma2
+            kill_point("estep", it)
         return rot, shift, accum, sigma2, pmax, n_poses
 
     def _masks(self, avg, res_ang):
@@ -261,12 +270,14 @@ class Refinement:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
             if done or st.iteration >= cfg.max_iterations:
                 break
-            st = self.iterate(st)
-            save_checkpoint(self.out, st)
+            st, maps = self.iterate(st)
+            save_checkpoint(self.out, st, maps)
+        kill_point("outputs_start", st.iteration)
         self.write_outputs(st, time.time() - t_start)
         return st
 
     def iterate(self, st):
+        """One iteration from state ``st``: the next :class:`State` and the :class:`IterationMaps` it made."""
         cfg = self.cfg
         it = st.iteration + 1
         t0 = time.time()
@@ -289,16 +300,21 @@ class Refinement:
             refs.append(ref * self._masks(halves_raw[h], st.resolution_ang))
             if cutoff is not None:
                 extras[f"cutoff_half{h}"] = cutoff
+            kill_point("regularize", it)
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
-        d = geometry.angular_distance_deg(rot, st.rotations) if it > 1 else np.full(len(rot), np.nan)
-        change, median_change = float(np.mean(d)), float(np.median(d))
         glob_, step, r_max = self._search_plan(st)
-        frac_large = float(np.mean(d > 2 * step)) if it > 1 else 1.0
+        if it > 1:
+            d = geometry.angular_distance_deg(rot, st.rotations)
+            change, median_change, frac_large = float(np.mean(d)), float(np.median(d)), float(np.mean(d > 2 * step))
+        else:  # no previous poses: no pose change (null in the JSON files, "–" in the log)
+            change = median_change = None
+            frac_large = 1.0
         prev_best = min([h["resolution_ang"] for h in st.history], default=np.inf)
         converged_at = st.converged_at
         # Converged (RELION's criteria): local searches, no resolution gain over the best so far,
         # and poses stable (median change below one angular step).
-        if not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change <= step:
+        if (not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change is not None
+                and median_change <= step):
             converged_at = it
         dt = time.time() - t0
         entry = {"iteration": it, "resolution_ang": res, "resolution_unmasked_ang": fres.resolution_unmasked_ang,
@@ -306,12 +322,12 @@ class Refinement:
                  "fraction_large_change": frac_large,
                  "angular_step_deg": step, "search_r_max_px": r_max, "search": "global" if glob_ else "local",
                  **stats, "seconds": dt}
-        logger.info("iteration %d: %.2f Å, mean pose change %.2f° (median %.2f°), %s search at %.2f°, %.0f s",
-                    it, res, change, median_change, entry["search"], step, dt)
-        self._last = {"halves": halves_raw, "mask": mask, "fsc": fres, "extras": extras}
+        logger.info("iteration %d: %.2f Å, mean pose change %s (median %s), %s search at %.2f°, %.0f s",
+                    it, res, _degrees(change), _degrees(median_change), entry["search"], step, dt)
+        maps = IterationMaps(halves=halves_raw, mask=mask, fsc=fres, extras=extras)
         return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
                      references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
-                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses)
+                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses), maps
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -325,17 +341,15 @@ class Refinement:
                     **dataclasses.asdict(self.cfg)})
 
     def write_outputs(self, st, seconds):
+        """Write the outputs of the checkpointed iteration ``st.iteration`` (from its checkpoint only)."""
         out, apix = self.out, self.apix
-        last = getattr(self, "_last", None)
-        if last is None:  # resumed after the final iteration: rebuild the maps from the poses
-            st_prev = dataclasses.replace(st, iteration=st.iteration - 1)
-            self.iterate(st_prev)
-            last = self._last
-        h1, h2 = last["halves"][1], last["halves"][2]
-        fres = last["fsc"]
+        maps = load_maps(out, st.iteration)
+        h1, h2 = maps.halves[1], maps.halves[2]
+        fres = maps.fsc
         write_mrc(os.path.join(out, "half1.mrc"), h1, apix)
         write_mrc(os.path.join(out, "half2.mrc"), h2, apix)
-        write_mrc(os.path.join(out, "mask.mrc"), last["mask"], apix)
+        write_mrc(os.path.join(out, "mask.mrc"), maps.mask, apix)
+        kill_point("outputs", st.iteration)
         avg = (h1 + h2) / 2
         full = filters.apply_radial_filter(avg, filters.fsc_weighting(fres.corrected, zero_after_below=1e-4))
         write_mrc(os.path.join(out, "map.mrc"), full, apix)
@@ -345,14 +359,13 @@ class Refinement:
             logger.warning("no automatic B-factor (%s): map_sharp.mrc is the FSC-weighted map", exc)
             sharp, bfac = full, None
         write_mrc(os.path.join(out, "map_sharp.mrc"), sharp, apix)
-        for name, vol in last["extras"].items():
+        for name, vol in maps.extras.items():
             write_mrc(os.path.join(out, f"{name}.mrc"), vol, apix)
         if self.cfg.mode == "nonuniform":
             r = nu_filter(h1, h2, half_map=avg, pixel_size_ang=apix, awf=self.cfg.awf, order=self.cfg.nu_order,
-                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=last["mask"])
+                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=maps.mask)
             write_mrc(os.path.join(out, "map_nu.mrc"), r.filtered, apix)
-        fsc.write_fsc_csv(os.path.join(out, "fsc.csv"), fres.curves(), self.box, apix,
-                          metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in fres.resolutions_ang().items()})
+        write_iteration_fsc(os.path.join(out, "fsc.csv"), fres)
         try:
             from .plots import plot_fsc
 

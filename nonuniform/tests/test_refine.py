@@ -10,19 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from nonuniform.engine import cli, io, phantoms, simulate
+from nonuniform.engine import cli, io
 from nonuniform.engine.refine import RefineConfig, Refinement, resample_map
+from .conftest import write_tiny_simulation
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Box 32, 3 Å/px, 300 particles at SNR 0.5: a few seconds per iteration."""
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(3)
-    vol = phantoms.protein_phantom(32, 3.0, rng)
-    sim = simulate.simulate_particles(vol, 300, 3.0, rng, snr=0.5)
-    simulate.write_simulation(str(folder), sim, 3.0, vol)
-    return folder
+    return write_tiny_simulation(tmp_path_factory.mktemp("tiny"), 300, seed=3)
 
 
 def _refine(tiny, out, *extra):
@@ -154,8 +150,8 @@ def test_nu_half_sets_stay_independent(tiny, tmp_path):
     for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
         cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=1)
         r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
-        st = r.iterate(r._initial_state())
-        states.append((st, r._last["halves"]))
+        st, maps = r.iterate(r._initial_state())
+        states.append((st, maps.halves))
     (sa, ha), (sb, hb) = states
     assert np.array_equal(ha[1], hb[1]) and np.array_equal(sa.references[0], sb.references[0])
     assert not np.array_equal(sa.references[1], sb.references[1])  # the perturbation did reach half 2
