@@ -16,7 +16,8 @@ import numpy as np
 from . import fourier
 from .cli_maps import (add_filter_args, add_fsc_args, add_locres_args, check_output_path, run_filter, run_fsc,
                        run_locres)
-from .errors import InputError
+from .errors import InputError, require
+from .io import check_output_folder, make_output_folder
 
 logger = logging.getLogger("nonuniform")
 
@@ -55,22 +56,23 @@ def add_simulate_args(p):
 def run_simulate(args):
     from . import membrane, phantoms, simulate
 
-    if args.n_particles < 1 or args.box < 16 or args.pixel_size <= 0 or args.snr < 0:
-        raise InputError("simulate needs --n-particles >= 1, --box >= 16, --pixel-size > 0, --snr >= 0")
-    if os.path.exists(args.out) and os.listdir(args.out):
-        raise InputError(f"output folder {args.out} exists and is not empty")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot create {args.out}: {parent} is not writable")
+    require(args.n_particles >= 1, "--n-particles", args.n_particles, "at least 1")
+    require(args.box >= 16, "--box", args.box, "at least 16 px")
+    require(args.pixel_size > 0 and np.isfinite(args.pixel_size), "--pixel-size", args.pixel_size,
+            "a positive number of Å")
+    require(args.snr >= 0, "--snr", args.snr, "0 (noiseless) or positive")  # inf is noiseless too
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
+    check_output_folder(args.out, must_be_empty=True)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    if args.phantom == "protein":
-        truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
-    else:
-        source = membrane.membrane_phantom(args.box, args.pixel_size, rng)
-        truth = source.truth()
+    try:
+        if args.phantom == "protein":
+            truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
+        else:
+            source = membrane.membrane_phantom(args.box, args.pixel_size, rng)
+            truth = source.truth()
+    except ValueError as exc:  # the phantom does not fit the box
+        raise InputError(f"--box {args.box} / --pixel-size {args.pixel_size}: {exc}") from None
     sim = simulate.simulate_particles(source, args.n_particles, args.pixel_size, rng,
                                       snr=args.snr if args.snr > 0 else np.inf)
     paths = simulate.write_simulation(args.out, sim, args.pixel_size, truth)
@@ -102,6 +104,8 @@ def run_reconstruct(args):
     from .pipeline import reconstruct_particles
 
     symmetry.symmetry_matrices(args.sym)  # validates the name before any work
+    require(args.pad >= 1, "--pad", args.pad, "at least 1")
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
     check_output_path(args.out)
     particles = load_particles(args.particles, require_ctf=not args.no_ctf)
     if args.no_ctf:
@@ -113,6 +117,7 @@ def run_reconstruct(args):
     if bar is not None:
         bar.close()
     stem = args.out[:-4] if args.out.endswith(".mrc") else args.out
+    make_output_folder(os.path.dirname(os.path.abspath(args.out)))
     write_mrc(args.out, out["map"], particles.pixel_size_ang)
     if args.halves:
         write_mrc(stem + "_half1.mrc", out["half1"], particles.pixel_size_ang)
@@ -192,9 +197,13 @@ def add_demo_args(p):
 
 def run_demo(args):
     from .demo import run_demo as demo
+    from .refine import MIN_PARTICLES_PER_HALF
 
-    if os.path.isdir(args.out) and os.listdir(args.out):
-        raise InputError(f"output folder {args.out} is not empty; give another --out")
+    require(args.n_particles >= 2 * MIN_PARTICLES_PER_HALF, "--n-particles", args.n_particles,
+            f"at least {2 * MIN_PARTICLES_PER_HALF}")
+    require(args.box >= 32, "--box", args.box, "at least 32 px")
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
+    check_output_folder(args.out, must_be_empty=True, hint="; give another --out")
     t0 = time.time()
     demo(args.out, n_particles=args.n_particles, box=args.box, seed=args.seed)
     logger.info("demo finished in %.0f s: see %s", time.time() - t0, os.path.join(args.out, "report.md"))
@@ -237,7 +246,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            logger.error("--threads must be at least 1, not %d", args.threads)
+            return 2
         fourier.set_workers(args.threads)
         try:
             import numba

@@ -30,8 +30,8 @@ from . import filters, fourier, fsc, geometry, masks, symmetry
 from .errors import InputError
 from .estep import align_and_backproject
 from .fourier import resample_map
-from .io import make_output_folder, read_mrc, read_volume, write_json, write_mrc
-from .particles import load_particles, save_particles
+from .io import check_output_folder, make_output_folder, read_mask, read_volume, write_json, write_mrc
+from .particles import check_images, load_particles, save_particles
 from .pipeline import half_set_labels
 from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
                            load_maps, save_checkpoint, write_iteration_fsc)
@@ -40,11 +40,19 @@ from .regularize import nu_filter
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES_PER_HALF = 50
+# Smallest box refine accepts (px): the FSC, the NU filter's candidate cutoffs and the frequency
+# limits of the pose search need a handful of shells; simulate has the same floor.
+MIN_BOX = 16
 # Resolution elements (diameter / initial low-pass) below which the starting map is close to a blob
 # and the first global search may not orient the images. Measured (protein phantom, SNR 0.5, 400
 # particles): a 77 Å particle from a 30 Å start (2.6 elements) ends at a 117° median pose error,
 # from 20 Å (3.8) at 4°; the demo (102 Å from 30 Å, 3.4) and bench_refine (123 Å, 4.1) converge.
 MIN_START_ELEMENTS = 3.0
+# A --mask must enclose denser than average density of the low-passed reference: the mask-weighted
+# mean density over the mean inside the particle's sphere must reach this. Measured on the tiny test
+# set (box 32 at 3 Å, starts low-passed to 20-40 Å): masks made from the truth (threshold 0.2 or 0.5,
+# 0-6 Å extension) give 4.0-15.2; the same masks moved 24 Å give 0.98-1.8, 36 Å (off the particle) 0.03-0.40.
+MIN_MASK_DENSITY_RATIO = 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,21 +111,16 @@ class Refinement:
     def __init__(self, particles_star, reference_mrc, out_dir, config, resume=False, overwrite=False):
         self.cfg = config
         self.out = os.path.abspath(out_dir)
-        if config.mode not in ("uniform", "nonuniform"):
-            raise InputError(f"--mode must be 'uniform' or 'nonuniform', not {config.mode!r}")
-        if config.posterior_poses < 1:
-            raise InputError(f"--posterior-poses must be at least 1, not {config.posterior_poses}")
-        if not 0 <= config.min_posterior < 1:
-            raise InputError(f"--min-posterior must be in [0, 1), not {config.min_posterior}")
-        if not config.initial_lowpass_ang > 0:
-            raise InputError(f"--initial-lowpass-ang must be positive, not {config.initial_lowpass_ang}")
-        if config.diameter_ang is not None and not config.diameter_ang > 0:
-            raise InputError(f"--diameter-ang must be positive, not {config.diameter_ang}")
+        config.validate()
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)
+        check_images(self.particles)
         p = self.particles
         self.box, self.apix = p.box_px, p.pixel_size_ang
+        if self.box % 2 or self.box < MIN_BOX:
+            raise InputError(f"the images of {particles_star} are {self.box} px: refine needs an even box of at least "
+                             f"{MIN_BOX} px (as RELION; re-extract, or crop or pad the images)")
         if config.diameter_ang is None:
             config.diameter_ang = 0.8 * self.box * self.apix
         elements = config.diameter_ang / config.initial_lowpass_ang
@@ -127,15 +130,10 @@ class Refinement:
                            "(--initial-lowpass-ang) is safer", config.initial_lowpass_ang, elements,
                            config.diameter_ang, config.diameter_ang / 4)
         self.sphere = masks.soft_sphere(self.box, min(config.diameter_ang / 2 / self.apix, self.box / 2 - 3), 3.0)
-        self.user_mask = None
-        if config.mask_path:
-            m, am = read_mrc(config.mask_path)
-            if m.shape != (self.box,) * 3:
-                raise InputError(f"mask {config.mask_path} has shape {m.shape}, particles are {self.box} px")
-            if m.max() <= 0:
-                raise InputError(f"mask {config.mask_path} is empty")
-            self.user_mask = np.clip(m, 0, 1).astype(np.float32)
+        self.user_mask = self._read_mask(config.mask_path) if config.mask_path else None
         self.ref0 = self._initial_reference(reference_mrc)
+        if self.user_mask is not None:
+            self._check_mask_covers_reference(config.mask_path, reference_mrc)
         halves = half_set_labels(p, np.random.default_rng(config.seed))
         counts = [int((halves == h).sum()) for h in (1, 2)]
         if min(counts) < MIN_PARTICLES_PER_HALF:
@@ -148,23 +146,54 @@ class Refinement:
 
     def _check_out_dir(self, resume, overwrite):
         """Refuse a non-empty folder (unless resuming) or one that cannot be created, before any work."""
-        if os.path.isdir(self.out) and os.listdir(self.out) and not (resume or overwrite):
-            raise InputError(f"output folder {self.out} is not empty; use --continue to resume or "
-                             "--overwrite to start again")
-        parent = self.out
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise InputError(f"cannot create output folder {self.out}: {parent} is not a writable folder")
+        check_output_folder(self.out, must_be_empty=not (resume or overwrite),
+                            hint="; use --continue to resume or --overwrite to start again")
 
     def _create_out_dir(self):
         make_output_folder(self.out)
         make_output_folder(os.path.join(self.out, "checkpoints"))
 
+    def _header_pixel_size(self, path, apix, box, what):
+        """The pixel size of a map for this refinement, by one rule for the reference and the mask.
+
+        A header pixel size of 0 means "not set": the map is taken to be at the particles' pixel size
+        (warned) if it has the particles' box, else refused (its physical size is unknown). A negative
+        or non-finite one is refused.
+        """
+        if not (math.isfinite(apix) and apix >= 0):
+            raise InputError(f"{what} {path} has an invalid pixel size {apix} in its header")
+        if apix > 0:
+            return apix
+        if box != self.box:
+            raise InputError(f"{what} {path} has no pixel size in its header (0) and a box of {box} px, the "
+                             f"particles' is {self.box} px: set its pixel size (e.g. relion_image_handler --angpix)")
+        logger.warning("%s %s has no pixel size in its header (0): taken to be the particles' %.4f Å", what, path,
+                       self.apix)
+        return self.apix
+
+    def _read_mask(self, path):
+        """The static ``--mask``: finite, values in [0, 1], on the particles' grid (box and pixel size)."""
+        m, am = read_mask(path)
+        am = self._header_pixel_size(path, am, m.shape[0], "mask")
+        if m.shape != (self.box,) * 3 or abs(am - self.apix) > 1e-3 * self.apix:
+            raise InputError(f"mask {path} is {m.shape[0]} px at {am:.4f} Å/px; the particles are {self.box} px at "
+                             f"{self.apix:.4f} Å/px (resample the mask onto their grid)")
+        return m
+
+    def _check_mask_covers_reference(self, mask_path, reference_path):
+        """Refuse a mask that leaves out most of the (low-passed) reference: it misses the particle."""
+        dens = np.clip(self.ref0, 0, None)
+        inside = float((dens * self.user_mask).sum() / self.user_mask.sum())
+        overall = float((dens * self.sphere).sum() / self.sphere.sum())
+        if not inside >= MIN_MASK_DENSITY_RATIO * overall:
+            raise InputError(f"mask {mask_path} misses the particle: the reference {reference_path} (low-passed to "
+                             f"{self.cfg.initial_lowpass_ang:g} Å) is less dense inside it ({inside:.3g}) than on "
+                             f"average over the particle ({overall:.3g}); the mask must be made in the "
+                             f"reference's frame")
+
     def _initial_reference(self, path):
         vol, apix = read_volume(path, "reference")
-        if apix <= 0:
-            apix = self.apix
+        apix = self._header_pixel_size(path, apix, vol.shape[0], "reference")
         if vol.shape[0] != self.box or abs(apix - self.apix) > 1e-3 * self.apix:
             logger.warning("reference %s is %d px at %.4f Å/px; particles are %d px at %.4f Å/px: resampling",
                            path, vol.shape[0], apix, self.box, self.apix)

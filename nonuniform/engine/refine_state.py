@@ -23,6 +23,7 @@ import dataclasses
 import glob
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -30,7 +31,7 @@ import signal
 import numpy as np
 
 from . import fsc
-from .errors import InputError
+from .errors import InputError, require
 from .io import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,44 @@ class RefineConfig:
     dynamic_mask_start_ang: float = 12.0
     batch: int = 256
     pad: int = 2
+
+    def validate(self):
+        """Check every parameter before anything is read or written: InputError naming the first bad one
+        (by its command-line option where it has one). NaN fails every check."""
+        from .regularize import check_nu_options
+        from .symmetry import symmetry_matrices
+
+        def ang(v):  # a finite positive length
+            return math.isfinite(v) and v > 0
+
+        require(self.mode in ("uniform", "nonuniform"), "--mode", self.mode, "'uniform' or 'nonuniform'")
+        symmetry_matrices(self.sym)
+        require(self.diameter_ang is None or ang(self.diameter_ang), "--diameter-ang", self.diameter_ang,
+                "a positive number of Å")
+        require(ang(self.initial_lowpass_ang), "--initial-lowpass-ang", self.initial_lowpass_ang,
+                "a positive number of Å")
+        require(self.gsfsc_split_ang == 0 or ang(self.gsfsc_split_ang), "--gsfsc-split-ang", self.gsfsc_split_ang,
+                "0 (halves never joined) or a positive number of Å")
+        require(self.seed >= 0, "--seed", self.seed, "a non-negative integer")
+        require(self.max_iterations >= 1, "--iterations", self.max_iterations, "at least 1")
+        require(self.extra_final_passes >= 0, "--extra-final-passes", self.extra_final_passes, "0 or more")
+        require(self.posterior_poses >= 1, "--posterior-poses", self.posterior_poses, "at least 1")
+        require(0 <= self.min_posterior < 1, "--min-posterior", self.min_posterior, "in [0, 1)")
+        check_nu_options(self.awf, self.nu_order, self.nu_cutoffs, self.nu_filter_type,
+                         ("--awf", "--nu-order", "--nu-cutoffs", "--nu-filter-type"))
+        # Parameters without a command-line option (set through the Python API or config files).
+        require(0 <= self.min_global_iterations <= self.max_global_iterations, "min_global_iterations",
+                self.min_global_iterations, f"in [0, max_global_iterations = {self.max_global_iterations}]")
+        for name in ("initial_step_deg", "min_step_deg", "dynamic_mask_start_ang", "dynamic_mask_far_ang"):
+            require(ang(getattr(self, name)), name, getattr(self, name), "a positive number")
+        require(math.isfinite(self.shift_range_px) and self.shift_range_px >= 0, "shift_range_px",
+                self.shift_range_px, "0 or more")
+        require(0 < self.dynamic_mask_threshold < 1, "dynamic_mask_threshold", self.dynamic_mask_threshold,
+                "in (0, 1)")
+        require(0 <= self.dynamic_mask_near_ang < self.dynamic_mask_far_ang, "dynamic_mask_near_ang",
+                self.dynamic_mask_near_ang, f"in [0, dynamic_mask_far_ang = {self.dynamic_mask_far_ang})")
+        require(self.batch >= 1, "batch", self.batch, "at least 1")
+        require(self.pad >= 1, "pad", self.pad, "at least 1")
 
 
 @dataclasses.dataclass

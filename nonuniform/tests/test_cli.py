@@ -80,12 +80,13 @@ def test_reconstruct_bad_input(case, bad_star, tmp_path, caplog):
 def test_reconstruct_bad_symmetry_and_folder(small_dataset, tmp_path, caplog):
     star = str(small_dataset["star"])
     assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "o.mrc"), "--sym", "Q7"]) == 2
-    assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "no" / "o.mrc")]) == 2
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "a_file" / "o.mrc")]) == 2
     assert cli.main(["reconstruct", "--particles", str(tmp_path / "missing.star"),
                      "--out", str(tmp_path / "o.mrc")]) == 2
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert "Q7" in msgs[0] and "does not exist" in msgs[1] and "missing.star" in msgs[2]
-    assert os.listdir(tmp_path) == []
+    assert "Q7" in msgs[0] and "a_file is a file" in msgs[1] and "missing.star" in msgs[2]
+    assert os.listdir(tmp_path) == ["a_file"]
 
 
 def test_fsc_bad_input(tmp_path, caplog):

@@ -81,7 +81,7 @@ def test_reference_resampled_with_warning(tiny, tmp_path, caplog):
     # Fourier resampling there and back keeps the map (up to the band limit of the coarser grid).
     assert np.corrcoef(back.ravel(), vol.ravel())[0, 1] > 0.98
     ref = Refinement(str(tiny / "particles.star"), str(tmp_path / "big.mrc"), str(tmp_path / "o"),
-                     RefineConfig(max_iterations=0))
+                     RefineConfig(max_iterations=1))
     assert ref.ref0.shape == (32, 32, 32)
     assert any("resampling" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
@@ -90,11 +90,11 @@ def test_coarse_start_warns(tiny, tmp_path, caplog):
     # Box 32 at 3 Å/px: the default particle diameter is 0.8 x 96 = 76.8 Å, 2.6 resolution elements
     # of the default 30 Å start (below 3): warned, with the finer start it suggests (76.8 / 4 Å).
     star, ref = str(tiny / "particles.star"), str(tiny / "truth.mrc")
-    Refinement(star, ref, str(tmp_path / "a"), RefineConfig(max_iterations=0))
+    Refinement(star, ref, str(tmp_path / "a"), RefineConfig(max_iterations=1))
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "initial low-pass" in r.getMessage()]
     assert len(warned) == 1 and "2.6 resolution elements" in warned[0] and "19 Å" in warned[0], warned
     caplog.clear()
-    Refinement(star, ref, str(tmp_path / "b"), RefineConfig(max_iterations=0, initial_lowpass_ang=20.0))
+    Refinement(star, ref, str(tmp_path / "b"), RefineConfig(max_iterations=1, initial_lowpass_ang=20.0))
     assert not [r for r in caplog.records if "initial low-pass" in r.getMessage()]
 
 
