@@ -104,7 +104,8 @@ def run_fsc(args):
     make_output_folder(os.path.dirname(os.path.abspath(args.out)))
     fsc.write_fsc_csv(args.out + ".csv", curves, box, apix,
                       metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in resolutions.items()})
-    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold)
+    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold,
+             title=f"FSC of {os.path.basename(args.map1)} and {os.path.basename(args.map2)}")
     print(f"FSC={args.threshold:g} resolution ({headline[0]}): {headline[1]:.2f} Å")
     logger.info("wrote %s.csv and %s.png", args.out, args.out)
     return 0

@@ -398,7 +398,8 @@ class Refinement:
         try:
             from .plots import plot_fsc
 
-            plot_fsc(os.path.join(out, "fsc.png"), fres.curves(), fres.resolutions_ang(), apix, self.box)
+            plot_fsc(os.path.join(out, "fsc.png"), fres.curves(), fres.resolutions_ang(), apix, self.box,
+                     title=f"Gold-standard FSC of the two half-maps, iteration {st.iteration}")
         except ImportError:  # pragma: no cover - matplotlib is an install requirement
             logger.warning("matplotlib missing: no fsc.png")
         rot, tilt, psi = geometry.matrix_to_euler(st.rotations)
