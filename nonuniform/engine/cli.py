@@ -41,16 +41,16 @@ def _progress(total, desc):
 
 
 def add_simulate_args(p):
-    p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
+    p.add_argument("--out", required=True, help="output folder (created with its parents; must be empty or absent)")
     p.add_argument("--phantom", choices=("protein", "membrane"), default="protein",
                    help="protein-like map with fine detail, or membrane-protein-like (ordered core, "
                         "disordered belt, flexible domain)")
-    p.add_argument("--n-particles", type=int, default=1000)
+    p.add_argument("--n-particles", type=int, default=1000, help="number of particle images")
     p.add_argument("--box", type=int, default=96, help="box size in px")
     p.add_argument("--pixel-size", type=float, default=1.5, help="pixel size in Å")
     p.add_argument("--snr", type=float, default=0.05,
                    help="signal-to-noise ratio (variance of signal / variance of noise); 0 = noiseless")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom, poses, CTFs and noise")
 
 
 def run_simulate(args):
@@ -88,12 +88,13 @@ def run_simulate(args):
 
 def add_reconstruct_args(p):
     p.add_argument("--particles", required=True, help="RELION STAR file with poses and CTF")
-    p.add_argument("--out", required=True, help="output map (.mrc); with --halves also *_half1/2.mrc")
+    p.add_argument("--out", required=True,
+                   help="output map (.mrc; missing folders are created); with --halves also *_half1/2.mrc")
     p.add_argument("--halves", action="store_true",
                    help="also reconstruct the two half-sets (rlnRandomSubset, or a seeded random split)")
     p.add_argument("--sym", default="C1", help="point group (RELION names: C1, Cn, Dn, T, O, I...)")
     p.add_argument("--no-ctf", action="store_true", help="ignore CTF columns (and allow their absence)")
-    p.add_argument("--pad", type=int, default=2, help="Fourier oversampling (default 2)")
+    p.add_argument("--pad", type=int, default=2, help="Fourier oversampling factor of the reconstruction")
     p.add_argument("--seed", type=int, default=0, help="seed of the half-set split when none is given")
 
 
@@ -138,32 +139,40 @@ def add_refine_args(p):
     d = RefineConfig()
     p.add_argument("--particles", required=True, help="RELION STAR file with CTF parameters")
     p.add_argument("--ref", required=True, help="initial model (.mrc); resampled if box/pixel size differ")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (created with its parents; must be empty unless "
+                                                "--continue or --overwrite)")
     p.add_argument("--mode", choices=("nonuniform", "uniform"), default=d.mode,
-                   help="regularizer: non-uniform CV filter (default) or uniform FSC filter")
-    p.add_argument("--mask", help="static solvent mask (.mrc) instead of the dynamic mask")
-    p.add_argument("--sym", default=d.sym, help="point group (RELION names)")
-    p.add_argument("--diameter-ang", type=float, help="particle diameter in Å (default 0.8 × box)")
-    p.add_argument("--initial-lowpass-ang", type=float, default=d.initial_lowpass_ang)
+                   help="regularizer: the non-uniform cross-validated adaptive filter, or the uniform FSC filter")
+    p.add_argument("--mask", help="static solvent mask (.mrc, values in [0, 1], on the particles' grid) instead "
+                                  "of the dynamic mask")
+    p.add_argument("--sym", default=d.sym, help="point group (RELION names: C1, Cn, Dn, T, O, I...)")
+    p.add_argument("--diameter-ang", type=float, help="particle diameter in Å (default: 0.8 × the box)")
+    p.add_argument("--initial-lowpass-ang", type=float, default=d.initial_lowpass_ang,
+                   help="low-pass of the initial model in Å")
     p.add_argument("--gsfsc-split-ang", type=float, default=d.gsfsc_split_ang,
-                   help="halves share frequencies below this resolution (0: never)")
-    p.add_argument("--seed", type=int, default=d.seed)
+                   help="the half-sets' references share frequencies below this resolution in Å (0: never)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the half-set split and the searches")
     p.add_argument("--iterations", type=int, default=d.max_iterations, help="maximum number of iterations")
-    p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes)
+    p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes,
+                   help="iterations run after convergence is declared")
     p.add_argument("--no-marginalize", dest="marginalize", action="store_false",
                    help="backproject each particle at its best pose only, not at its top poses "
                         "weighted by their posterior probabilities")
     p.add_argument("--posterior-poses", type=int, default=d.posterior_poses,
-                   help="poses per particle kept for the posterior (default %(default)s; more: closer to full "
-                        "marginalization, slower backprojection)")
+                   help="poses per particle kept for the posterior (more: closer to full marginalization, "
+                        "slower backprojection)")
     p.add_argument("--min-posterior", type=float, default=d.min_posterior,
-                   help="drop poses whose posterior probability is below this (default %(default)s)")
-    p.add_argument("--awf", type=float, default=d.awf, help="NU adaptive window factor")
+                   help="drop poses whose posterior probability is below this")
+    p.add_argument("--awf", type=float, default=d.awf,
+                   help="NU adaptive window factor: window radius in wavelengths of the voxel's cutoff")
     p.add_argument("--nu-order", type=int, default=d.nu_order, help="NU Butterworth order")
-    p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs, help="NU number of candidate cutoffs")
-    p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"))
+    p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs,
+                   help="NU number of candidate cutoffs, up to Nyquist")
+    p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"),
+                   help="NU candidate low-pass kernel")
     p.add_argument("--continue", dest="resume", action="store_true",
-                   help="resume a killed run from its last finished iteration")
+                   help="resume a killed or finished run from its last checkpoint (same outputs as an "
+                        "uninterrupted run)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     p.add_argument("--gpu", help="GPU ids (not available in this version: refused)")
 
@@ -189,10 +198,10 @@ def run_refine(args):
 
 
 def add_demo_args(p):
-    p.add_argument("--out", default="nonuniform-demo", help="output folder (default ./nonuniform-demo)")
-    p.add_argument("--n-particles", type=int, default=2000)
-    p.add_argument("--box", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="nonuniform-demo", help="output folder (must be empty or absent)")
+    p.add_argument("--n-particles", type=int, default=2000, help="number of simulated particles")
+    p.add_argument("--box", type=int, default=64, help="box size in px (at 2 Å/px)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the refinements")
 
 
 def run_demo(args):
@@ -225,19 +234,38 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = ("Non-uniform refinement for single-particle cryo-EM: simulate data, reconstruct, refine, filter "
+               "and measure maps. 'nonuniform COMMAND --help' lists a command's options.")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, except unset ones (None) and switches (False)."""
+
+    def _get_help_string(self, action):
+        help_ = action.help or ""
+        default = action.default
+        if ("%(default)" in help_ or "(default" in help_ or default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings):
+            return help_
+        return help_ + " (default: %(default)s)"
+
+
 def build_parser():
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="nonuniform", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="nonuniform", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"nonuniform {__version__}")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for FFTs and kernels")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for FFTs and kernels (default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (add_args, _, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                           formatter_class=HelpFormatter)
         add_args(p)
         # Also accepted after the command (``nonuniform refine ... --threads 2``).
-        p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="CPU threads for FFTs and kernels")
+        p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                       help="CPU threads for FFTs and kernels (default: all cores)")
     return parser
 
 

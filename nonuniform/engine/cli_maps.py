@@ -63,8 +63,9 @@ def add_fsc_args(p):
     p.add_argument("map2", help="second half-map (.mrc)")
     p.add_argument("--mask", help="soft solvent mask (.mrc); adds masked and phase-randomization-"
                                   "corrected curves")
-    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png")
-    p.add_argument("--threshold", type=float, default=0.143)
+    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png (missing folders "
+                                                "are created)")
+    p.add_argument("--threshold", type=float, default=0.143, help="FSC threshold of the reported resolution")
     p.add_argument("--pixel-size", type=float, help="pixel size in Å (default: from the map header)")
     p.add_argument("--seed", type=int, default=0, help="seed of the phase randomization")
 
@@ -119,7 +120,7 @@ def _add_half_map_args(p, mask_help):
     """--half1, --half2, --out (a folder) and --mask, shared by ``filter`` and ``locres``."""
     p.add_argument("--half1", required=True, help="first half-map (.mrc)")
     p.add_argument("--half2", required=True, help="second half-map (.mrc), independent of the first")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
+    p.add_argument("--out", required=True, help="output folder (created with its parents if absent)")
     p.add_argument("--mask", help=mask_help)
 
 
