@@ -34,17 +34,23 @@ case "${1:-}" in
         out=${2:-demo-output}
         # A folder made by an earlier demo (marked) is replaced; any other non-empty one is
         # refused, never touched.
-        if [ -f "$out/.nonuniform-demo" ]; then
+        if [ -e "$out" ] && [ ! -d "$out" ]; then
+            echo "demo: $out is a file, not a folder; give a folder: ./dev.sh demo DIR" >&2
+            exit 2
+        elif [ -f "$out/.nonuniform-demo" ]; then
             rm -rf "$out"
         elif [ -d "$out" ] && [ -n "$(ls -A "$out")" ]; then
             echo "demo: $out exists and is not empty; give another folder: ./dev.sh demo DIR" >&2
             exit 2
         fi
         ensure_venv
-        mkdir -p "$out"
+        if ! mkdir -p "$out" 2>/dev/null; then
+            echo "demo: cannot create the folder $out; give another: ./dev.sh demo DIR" >&2
+            exit 2
+        fi
         touch "$out/.nonuniform-demo"
         "$VENV/bin/nonuniform" demo --out "$out/run"
-        echo "demo outputs in $out/"
+        echo "demo outputs in $out/run/ (report: $out/run/report.md)"
         ;;
     *)
         usage

@@ -8,12 +8,11 @@ final particles.star against the simulated poses, and the FSC-vs-truth resolutio
 """
 
 import argparse
-import glob
 import os
 
 import numpy as np
 
-from nonuniform.engine import fsc, geometry, io, particles, pipeline
+from nonuniform.engine import fsc, geometry, io, particles, pipeline, refine_state
 
 
 def pose_errors(truth, rotations, shifts_px):
@@ -29,7 +28,7 @@ def main():
     ap.add_argument("refine")
     a = ap.parse_args()
     truth = particles.load_particles(os.path.join(a.sim, "particles.star"))
-    for ck in sorted(glob.glob(os.path.join(a.refine, "checkpoints", "iter*.npz"))):
+    for _, ck in refine_state.checkpoint_files(a.refine):
         z = np.load(ck)
         ang, sh = pose_errors(truth, z["rotations"], z["shifts_px"])
         print(f"{os.path.basename(ck)}: angular error median {np.median(ang):.2f} deg, mean {ang.mean():.2f}, "

@@ -16,7 +16,8 @@ import numpy as np
 from . import fourier
 from .cli_maps import (add_filter_args, add_fsc_args, add_locres_args, check_output_path, run_filter, run_fsc,
                        run_locres)
-from .errors import InputError
+from .errors import InputError, require
+from .io import check_output_folder, make_output_folder
 
 logger = logging.getLogger("nonuniform")
 
@@ -40,37 +41,38 @@ def _progress(total, desc):
 
 
 def add_simulate_args(p):
-    p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
+    p.add_argument("--out", required=True, help="output folder (created with its parents; must be empty or absent)")
     p.add_argument("--phantom", choices=("protein", "membrane"), default="protein",
                    help="protein-like map with fine detail, or membrane-protein-like (ordered core, "
                         "disordered belt, flexible domain)")
-    p.add_argument("--n-particles", type=int, default=1000)
+    p.add_argument("--n-particles", type=int, default=1000, help="number of particle images")
     p.add_argument("--box", type=int, default=96, help="box size in px")
     p.add_argument("--pixel-size", type=float, default=1.5, help="pixel size in Å")
     p.add_argument("--snr", type=float, default=0.05,
                    help="signal-to-noise ratio (variance of signal / variance of noise); 0 = noiseless")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantom, poses, CTFs and noise")
 
 
 def run_simulate(args):
     from . import membrane, phantoms, simulate
 
-    if args.n_particles < 1 or args.box < 16 or args.pixel_size <= 0 or args.snr < 0:
-        raise InputError("simulate needs --n-particles >= 1, --box >= 16, --pixel-size > 0, --snr >= 0")
-    if os.path.exists(args.out) and os.listdir(args.out):
-        raise InputError(f"output folder {args.out} exists and is not empty")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot create {args.out}: {parent} is not writable")
+    require(args.n_particles >= 1, "--n-particles", args.n_particles, "at least 1")
+    require(args.box >= 16, "--box", args.box, "at least 16 px")
+    require(args.pixel_size > 0 and np.isfinite(args.pixel_size), "--pixel-size", args.pixel_size,
+            "a positive number of Å")
+    require(args.snr >= 0, "--snr", args.snr, "0 (noiseless) or positive")  # inf is noiseless too
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
+    check_output_folder(args.out, must_be_empty=True)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    if args.phantom == "protein":
-        truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
-    else:
-        source = membrane.membrane_phantom(args.box, args.pixel_size, rng)
-        truth = source.truth()
+    try:
+        if args.phantom == "protein":
+            truth = source = phantoms.protein_phantom(args.box, args.pixel_size, rng)
+        else:
+            source = membrane.membrane_phantom(args.box, args.pixel_size, rng)
+            truth = source.truth()
+    except ValueError as exc:  # the phantom does not fit the box
+        raise InputError(f"--box {args.box} / --pixel-size {args.pixel_size}: {exc}") from None
     sim = simulate.simulate_particles(source, args.n_particles, args.pixel_size, rng,
                                       snr=args.snr if args.snr > 0 else np.inf)
     paths = simulate.write_simulation(args.out, sim, args.pixel_size, truth)
@@ -86,12 +88,13 @@ def run_simulate(args):
 
 def add_reconstruct_args(p):
     p.add_argument("--particles", required=True, help="RELION STAR file with poses and CTF")
-    p.add_argument("--out", required=True, help="output map (.mrc); with --halves also *_half1/2.mrc")
+    p.add_argument("--out", required=True,
+                   help="output map (.mrc; missing folders are created); with --halves also *_half1/2.mrc")
     p.add_argument("--halves", action="store_true",
                    help="also reconstruct the two half-sets (rlnRandomSubset, or a seeded random split)")
     p.add_argument("--sym", default="C1", help="point group (RELION names: C1, Cn, Dn, T, O, I...)")
     p.add_argument("--no-ctf", action="store_true", help="ignore CTF columns (and allow their absence)")
-    p.add_argument("--pad", type=int, default=2, help="Fourier oversampling (default 2)")
+    p.add_argument("--pad", type=int, default=2, help="Fourier oversampling factor of the reconstruction")
     p.add_argument("--seed", type=int, default=0, help="seed of the half-set split when none is given")
 
 
@@ -102,6 +105,8 @@ def run_reconstruct(args):
     from .pipeline import reconstruct_particles
 
     symmetry.symmetry_matrices(args.sym)  # validates the name before any work
+    require(args.pad >= 1, "--pad", args.pad, "at least 1")
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
     check_output_path(args.out)
     particles = load_particles(args.particles, require_ctf=not args.no_ctf)
     if args.no_ctf:
@@ -113,6 +118,7 @@ def run_reconstruct(args):
     if bar is not None:
         bar.close()
     stem = args.out[:-4] if args.out.endswith(".mrc") else args.out
+    make_output_folder(os.path.dirname(os.path.abspath(args.out)))
     write_mrc(args.out, out["map"], particles.pixel_size_ang)
     if args.halves:
         write_mrc(stem + "_half1.mrc", out["half1"], particles.pixel_size_ang)
@@ -133,32 +139,40 @@ def add_refine_args(p):
     d = RefineConfig()
     p.add_argument("--particles", required=True, help="RELION STAR file with CTF parameters")
     p.add_argument("--ref", required=True, help="initial model (.mrc); resampled if box/pixel size differ")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (created with its parents; must be empty unless "
+                                                "--continue or --overwrite)")
     p.add_argument("--mode", choices=("nonuniform", "uniform"), default=d.mode,
-                   help="regularizer: non-uniform CV filter (default) or uniform FSC filter")
-    p.add_argument("--mask", help="static solvent mask (.mrc) instead of the dynamic mask")
-    p.add_argument("--sym", default=d.sym, help="point group (RELION names)")
-    p.add_argument("--diameter-ang", type=float, help="particle diameter in Å (default 0.8 × box)")
-    p.add_argument("--initial-lowpass-ang", type=float, default=d.initial_lowpass_ang)
+                   help="regularizer: the non-uniform cross-validated adaptive filter, or the uniform FSC filter")
+    p.add_argument("--mask", help="static solvent mask (.mrc, values in [0, 1], on the particles' grid) instead "
+                                  "of the dynamic mask")
+    p.add_argument("--sym", default=d.sym, help="point group (RELION names: C1, Cn, Dn, T, O, I...)")
+    p.add_argument("--diameter-ang", type=float, help="particle diameter in Å (default: 0.8 × the box)")
+    p.add_argument("--initial-lowpass-ang", type=float, default=d.initial_lowpass_ang,
+                   help="low-pass of the initial model in Å")
     p.add_argument("--gsfsc-split-ang", type=float, default=d.gsfsc_split_ang,
-                   help="halves share frequencies below this resolution (0: never)")
-    p.add_argument("--seed", type=int, default=d.seed)
+                   help="the half-sets' references share frequencies below this resolution in Å (0: never)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the half-set split and the searches")
     p.add_argument("--iterations", type=int, default=d.max_iterations, help="maximum number of iterations")
-    p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes)
+    p.add_argument("--extra-final-passes", type=int, default=d.extra_final_passes,
+                   help="iterations run after convergence is declared")
     p.add_argument("--no-marginalize", dest="marginalize", action="store_false",
                    help="backproject each particle at its best pose only, not at its top poses "
                         "weighted by their posterior probabilities")
     p.add_argument("--posterior-poses", type=int, default=d.posterior_poses,
-                   help="poses per particle kept for the posterior (default %(default)s; more: closer to full "
-                        "marginalization, slower backprojection)")
+                   help="poses per particle kept for the posterior (more: closer to full marginalization, "
+                        "slower backprojection)")
     p.add_argument("--min-posterior", type=float, default=d.min_posterior,
-                   help="drop poses whose posterior probability is below this (default %(default)s)")
-    p.add_argument("--awf", type=float, default=d.awf, help="NU adaptive window factor")
+                   help="drop poses whose posterior probability is below this")
+    p.add_argument("--awf", type=float, default=d.awf,
+                   help="NU adaptive window factor: window radius in wavelengths of the voxel's cutoff")
     p.add_argument("--nu-order", type=int, default=d.nu_order, help="NU Butterworth order")
-    p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs, help="NU number of candidate cutoffs")
-    p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"))
+    p.add_argument("--nu-cutoffs", type=int, default=d.nu_cutoffs,
+                   help="NU number of candidate cutoffs, up to Nyquist")
+    p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"),
+                   help="NU candidate low-pass kernel")
     p.add_argument("--continue", dest="resume", action="store_true",
-                   help="resume a killed run from its last finished iteration")
+                   help="resume a killed or finished run from its last checkpoint (same outputs as an "
+                        "uninterrupted run)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     p.add_argument("--gpu", help="GPU ids (not available in this version: refused)")
 
@@ -184,17 +198,21 @@ def run_refine(args):
 
 
 def add_demo_args(p):
-    p.add_argument("--out", default="nonuniform-demo", help="output folder (default ./nonuniform-demo)")
-    p.add_argument("--n-particles", type=int, default=2000)
-    p.add_argument("--box", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="nonuniform-demo", help="output folder (must be empty or absent)")
+    p.add_argument("--n-particles", type=int, default=2000, help="number of simulated particles")
+    p.add_argument("--box", type=int, default=64, help="box size in px (at 2 Å/px)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the refinements")
 
 
 def run_demo(args):
     from .demo import run_demo as demo
+    from .refine import MIN_PARTICLES_PER_HALF
 
-    if os.path.isdir(args.out) and os.listdir(args.out):
-        raise InputError(f"output folder {args.out} is not empty; give another --out")
+    require(args.n_particles >= 2 * MIN_PARTICLES_PER_HALF, "--n-particles", args.n_particles,
+            f"at least {2 * MIN_PARTICLES_PER_HALF}")
+    require(args.box >= 32, "--box", args.box, "at least 32 px")
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
+    check_output_folder(args.out, must_be_empty=True, hint="; give another --out")
     t0 = time.time()
     demo(args.out, n_particles=args.n_particles, box=args.box, seed=args.seed)
     logger.info("demo finished in %.0f s: see %s", time.time() - t0, os.path.join(args.out, "report.md"))
@@ -216,19 +234,38 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = ("Non-uniform refinement for single-particle cryo-EM: simulate data, reconstruct, refine, filter "
+               "and measure maps. 'nonuniform COMMAND --help' lists a command's options.")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, except unset ones (None) and switches (False)."""
+
+    def _get_help_string(self, action):
+        help_ = action.help or ""
+        default = action.default
+        if ("%(default)" in help_ or "(default" in help_ or default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings):
+            return help_
+        return help_ + " (default: %(default)s)"
+
+
 def build_parser():
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="nonuniform", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="nonuniform", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"nonuniform {__version__}")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for FFTs and kernels")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for FFTs and kernels (default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (add_args, _, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                           formatter_class=HelpFormatter)
         add_args(p)
         # Also accepted after the command (``nonuniform refine ... --threads 2``).
-        p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="CPU threads for FFTs and kernels")
+        p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                       help="CPU threads for FFTs and kernels (default: all cores)")
     return parser
 
 
@@ -237,7 +274,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            logger.error("--threads must be at least 1, not %d", args.threads)
+            return 2
         fourier.set_workers(args.threads)
         try:
             import numba

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .errors import InputError
-from .io import make_output_folder, read_volume
+from .errors import InputError, require
+from .io import check_output_folder, make_output_folder, read_mask, read_volume
 
 logger = logging.getLogger("nonuniform")
 
@@ -18,13 +18,16 @@ logger = logging.getLogger("nonuniform")
 # input checks
 
 
-def check_output_path(path, what="output"):
-    """Refuse an output whose folder does not exist or is not writable (before any work)."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise InputError(f"{what} folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what} folder is not writable: {folder}")
+def check_output_path(path):
+    """Refuse, before any work, an output file whose folder cannot be created (as ``mkdir -p``) or
+    written, or that is a folder."""
+    if os.path.isdir(path):
+        raise InputError(f"output {os.path.abspath(path)} is a folder, not a file name")
+    check_output_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _check_threshold(threshold):
+    require(0 < threshold < 1, "--threshold", threshold, "in (0, 1)")
 
 
 def _check_same_grid(a, apix_a, name_a, b, apix_b, name_b):
@@ -44,10 +47,8 @@ def _read_half_maps(args):
             raise InputError(f"half-map {name} is constant (empty)")
     mask = None
     if args.mask:
-        mask, am = read_volume(args.mask, "mask")
+        mask, am = read_mask(args.mask)
         _check_same_grid(v1, a1, args.half1, mask, am, args.mask)
-        if mask.max() <= 0:
-            raise InputError(f"mask {args.mask} is empty")
     if not a1 > 0:
         raise InputError(f"{args.half1} has no pixel size in its header")
     return v1, v2, a1, mask
@@ -62,8 +63,9 @@ def add_fsc_args(p):
     p.add_argument("map2", help="second half-map (.mrc)")
     p.add_argument("--mask", help="soft solvent mask (.mrc); adds masked and phase-randomization-"
                                   "corrected curves")
-    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png")
-    p.add_argument("--threshold", type=float, default=0.143)
+    p.add_argument("--out", default="fsc", help="output prefix: writes PREFIX.csv and PREFIX.png (missing folders "
+                                                "are created)")
+    p.add_argument("--threshold", type=float, default=0.143, help="FSC threshold of the reported resolution")
     p.add_argument("--pixel-size", type=float, help="pixel size in Å (default: from the map header)")
     p.add_argument("--seed", type=int, default=0, help="seed of the phase randomization")
 
@@ -73,6 +75,9 @@ def run_fsc(args):
     from .plots import plot_fsc
 
     check_output_path(args.out + ".csv")
+    _check_threshold(args.threshold)
+    require(args.pixel_size is None or (args.pixel_size > 0 and np.isfinite(args.pixel_size)), "--pixel-size",
+            args.pixel_size, "a positive number of Å")
     v1, a1 = read_volume(args.map1, "map")
     v2, a2 = read_volume(args.map2, "map")
     _check_same_grid(v1, a1, args.map1, v2, a2, args.map2)
@@ -84,11 +89,8 @@ def run_fsc(args):
         raise InputError(f"{args.map1} has no pixel size in its header; pass --pixel-size")
     box = v1.shape[0]
     if args.mask:
-        mask, am = read_volume(args.mask, "mask")
+        mask, am = read_mask(args.mask)
         _check_same_grid(v1, a1, args.map1, mask, am, args.mask)
-        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3 or mask.max() <= 0:
-            raise InputError(f"mask {args.mask} must have values in [0, 1] and not be empty "
-                             f"(range {mask.min():.3g}..{mask.max():.3g})")
         res = fsc.corrected_fsc(v1, v2, mask, apix, np.random.default_rng(args.seed),
                                 threshold=args.threshold)
         curves, resolutions = res.curves(), res.resolutions_ang()
@@ -100,9 +102,11 @@ def run_fsc(args):
         r = fsc.resolution_at(curve, box, apix, args.threshold)
         curves, resolutions = {"fsc_unmasked": curve}, {"fsc_unmasked": r}
         headline = ("unmasked", r)
+    make_output_folder(os.path.dirname(os.path.abspath(args.out)))
     fsc.write_fsc_csv(args.out + ".csv", curves, box, apix,
                       metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in resolutions.items()})
-    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold)
+    plot_fsc(args.out + ".png", curves, resolutions, apix, box, threshold=args.threshold,
+             title=f"FSC of {os.path.basename(args.map1)} and {os.path.basename(args.map2)}")
     print(f"FSC={args.threshold:g} resolution ({headline[0]}): {headline[1]:.2f} Å")
     logger.info("wrote %s.csv and %s.png", args.out, args.out)
     return 0
@@ -116,7 +120,7 @@ def _add_half_map_args(p, mask_help):
     """--half1, --half2, --out (a folder) and --mask, shared by ``filter`` and ``locres``."""
     p.add_argument("--half1", required=True, help="first half-map (.mrc)")
     p.add_argument("--half2", required=True, help="second half-map (.mrc), independent of the first")
-    p.add_argument("--out", required=True, help="output folder (created if absent)")
+    p.add_argument("--out", required=True, help="output folder (created with its parents if absent)")
     p.add_argument("--mask", help=mask_help)
 
 
@@ -131,17 +135,19 @@ def add_filter_args(p):
 
 def run_filter(args):
     from .io import write_json, write_mrc
-    from .regularize import nu_filter
+    from .regularize import check_nu_options, nu_filter
 
+    check_nu_options(args.awf, args.order, args.n_cutoffs, args.filter_type,
+                     ("--awf", "--order", "--n-cutoffs", "--filter-type"))
+    check_output_folder(args.out)
     v1, v2, a1, mask = _read_half_maps(args)
-    make_output_folder(args.out)
-    check_output_path(os.path.join(args.out, "filtered.mrc"))
     t0 = time.time()
     # Cross-validation between the two independent halves picks each voxel's cutoff; the
     # average of the halves is filtered with it (each half is one fold of the full data).
     res = nu_filter(v1, v2, half_map=(v1 + v2) / 2, pixel_size_ang=a1, awf=args.awf, order=args.order,
                     n_cutoffs=args.n_cutoffs, kind=args.filter_type, mask=mask)
     dt = time.time() - t0
+    make_output_folder(args.out)
     write_mrc(os.path.join(args.out, "filtered.mrc"), res.filtered, a1)
     write_mrc(os.path.join(args.out, "cutoff_ang.mrc"), res.cutoff_ang, a1)
     inside = res.cutoff_ang if mask is None else res.cutoff_ang[mask > 0.5]
@@ -171,6 +177,11 @@ def add_locres_args(p):
 def run_locres(args):
     from .locres import local_resolution, write_locres_outputs
 
+    _check_threshold(args.threshold)
+    require(args.window_factor > 0 and np.isfinite(args.window_factor), "--window-factor", args.window_factor,
+            "a positive number")
+    require(args.bands >= 2, "--bands", args.bands, "at least 2")
+    check_output_folder(args.out)
     v1, v2, a1, mask = _read_half_maps(args)
     t0 = time.time()
     res = local_resolution(v1, v2, a1, mask=mask, threshold=args.threshold, window_factor=args.window_factor,

@@ -78,7 +78,8 @@ def run_demo(out_dir, n_particles=2000, box=64, pixel_size_ang=2.0, snr=0.1, see
                     st.resolution_ang, ev["map_vs_truth_fsc05_ang"], ev["median_angular_error_deg"], seconds)
     from .plots import plot_fsc
 
-    plot_fsc(os.path.join(out_dir, "fsc_vs_truth.png"), all_curves, None, pixel_size_ang, box, threshold=0.5)
+    plot_fsc(os.path.join(out_dir, "fsc_vs_truth.png"), all_curves, None, pixel_size_ang, box, threshold=0.5,
+             title="FSC of each run's maps against the ground truth")
     io.write_json(os.path.join(out_dir, "report.json"), report)
     _write_markdown(os.path.join(out_dir, "report.md"), report)
     return report

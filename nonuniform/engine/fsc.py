@@ -105,15 +105,26 @@ def shell_resolution_ang(box: int, pixel_size_ang: float):
         return box * pixel_size_ang / s
 
 
-def resolution_at(
-    fsc, box: int, pixel_size_ang: float, threshold: float = 0.143
-) -> float:
-    """Resolution (Å) where an FSC curve first drops below ``threshold``.
+# A crossing counts when the FSC stays below the threshold for this many consecutive shells: one
+# noisy shell dipping below and recovering (seen in the last iteration of the uniform demo run:
+# 4.84 -> 4.95 -> 5.86 Å from one shell at ~0.17 1/Å) does not end the curve.
+MIN_SHELLS_BELOW = 2
 
-    The search starts at shell 1 (shell 0 is the mean). At the first shell ``i >= 2`` with
-    ``fsc[i] < threshold`` (and ``fsc[1 .. i-1] >= threshold``) the crossing is interpolated
-    linearly in shell number between ``i - 1`` and ``i``, ``s* = i - 1 + (fsc[i-1] - t) /
-    (fsc[i-1] - fsc[i])``, and the result is ``box * pixel_size_ang / s*``.
+CROSSING_RULE = (f"where the FSC falls below the threshold and stays below for at least {MIN_SHELLS_BELOW} "
+                 f"shells (a single-shell dip is passed over)")
+
+
+def resolution_at(
+    fsc, box: int, pixel_size_ang: float, threshold: float = 0.143, min_shells_below: int = MIN_SHELLS_BELOW
+) -> float:
+    """Resolution (Å) where an FSC curve drops below ``threshold`` for good.
+
+    The search starts at shell 1 (shell 0 is the mean). The crossing is the first shell ``i``
+    with ``fsc[i .. i + min_shells_below - 1] < threshold`` (fewer shells at the end of the curve
+    suffice): a dip of fewer shells that recovers is noise and is passed over. Between ``i - 1``
+    (at or above the threshold) and ``i`` the crossing is interpolated linearly in shell number,
+    ``s* = i - 1 + (fsc[i-1] - t) / (fsc[i-1] - fsc[i])``, and the result is
+    ``box * pixel_size_ang / s*``. ``min_shells_below=1`` gives RELION's first crossing.
 
     Parameters
     ----------
@@ -125,23 +136,31 @@ def resolution_at(
         Pixel size (Å).
     threshold : float
         0.143 for half-map FSCs (Rosenthal & Henderson 2003), 0.5 for model-map.
+    min_shells_below : int
+        Consecutive shells below the threshold that make a crossing (default 2).
 
     Returns
     -------
     float
-        Resolution in Å: ``box * pixel_size_ang`` (shell 1) when ``fsc[1]`` is already below
-        the threshold, and the resolution of the last shell when it never drops below it.
+        Resolution in Å: ``box * pixel_size_ang`` (shell 1) when the curve is below the
+        threshold from shell 1 on, and the resolution of the last shell when it never drops
+        below it.
     """
     f = np.asarray(asnumpy(fsc), dtype=np.float64)
     if f.size < 2:
         raise ValueError(f"FSC curve needs >= 2 shells, got {f.size}")
-    below = np.flatnonzero(f[1:] < threshold)
-    if below.size == 0:
+    below = f[1:] < threshold
+    # sustained[j]: shells j+1 .. j+min_shells_below (those that exist) are all below
+    sustained = below.copy()
+    for k in range(1, max(int(min_shells_below), 1)):
+        sustained[:-k] &= below[k:]
+    first = np.flatnonzero(sustained)
+    if first.size == 0:
         s_star = float(f.size - 1)
-    elif below[0] == 0:
+    elif first[0] == 0:
         s_star = 1.0
     else:
-        i = int(below[0]) + 1
+        i = int(first[0]) + 1
         s_star = (i - 1) + (f[i - 1] - threshold) / (f[i - 1] - f[i])
     return float(box * pixel_size_ang / s_star)
 

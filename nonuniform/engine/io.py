@@ -21,9 +21,11 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 
 from .errors import InputError
@@ -100,15 +102,59 @@ def _json_default(obj):
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
 
 
+def _finite_or_none(obj):
+    """``obj`` with numpy values as Python ones and every NaN or infinite float replaced by None."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    """Write ``obj`` as indented JSON, atomically (numpy scalars and arrays are converted)."""
+    """Write ``obj`` as indented strict JSON, atomically.
+
+    numpy scalars and arrays are converted, and NaN or infinite numbers are written as ``null`` (strict
+    JSON parsers reject the bare ``NaN`` that Python's json module writes by default).
+    """
     with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
+        json.dump(_finite_or_none(obj), f, indent=2, default=_json_default, allow_nan=False)
         f.write("\n")
 
 
 # --------------------------------------------------------------------------------------------
 # MRC
+
+
+def _open_mrc(path, what, opener=mrcfile.open, header_only=False):
+    """Open an MRC file read-only in permissive mode, without letting mrcfile print warnings.
+
+    mrcfile warns (instead of failing) about damaged or non-standard files. Those warnings are
+    logged at debug level when the file opens, or become part of the one :class:`InputError`
+    (naming ``what`` and ``path``) when it does not or has no readable data.
+    """
+    kwargs = {"header_only": True} if header_only else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = opener(path, mode="r", permissive=True, **kwargs)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"cannot read {what} {path}: {exc}{_warning_notes(caught)}") from None
+    if not header_only and mrc.data is None:
+        mrc.close()
+        raise InputError(f"cannot read the data of {what} {path}{_warning_notes(caught)}")
+    for w in caught:
+        logger.debug("%s: %s", path, w.message)
+    return mrc
+
+
+def _warning_notes(caught):
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def read_mrc(path):
@@ -129,14 +175,9 @@ def read_mrc(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"MRC file not found: {path}")
-    try:
-        with mrcfile.open(path, mode="r", permissive=True) as mrc:
-            if mrc.data is None:
-                raise InputError(f"cannot read the data of MRC file {path}")
-            data = np.asarray(mrc.data, dtype=np.float32).copy()
-            pixel_size_ang = float(mrc.voxel_size.x)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot read MRC file {path}: {exc}") from exc
+    with _open_mrc(path, "MRC file") as mrc:
+        data = np.asarray(mrc.data, dtype=np.float32).copy()
+        pixel_size_ang = float(mrc.voxel_size.x)
     return data, pixel_size_ang
 
 
@@ -150,12 +191,50 @@ def read_volume(path, what="map"):
     return vol, apix
 
 
+def read_mask(path):
+    """:func:`read_volume` for a solvent mask: values in [0, 1] (1e-3 tolerance), not all zero.
+
+    Returns
+    -------
+    mask : (N, N, N) float32 array, clipped to [0, 1]
+    pixel_size_ang : float
+        Header voxel size (0.0 when unset).
+    """
+    m, apix = read_volume(path, "mask")
+    if m.min() < -1e-3 or m.max() > 1 + 1e-3 or m.max() <= 0:
+        raise InputError(f"mask {path} must have values in [0, 1] and not be empty "
+                         f"(range {m.min():.3g}..{m.max():.3g})")
+    return np.clip(m, 0, 1).astype(np.float32), apix
+
+
+def check_output_folder(path, must_be_empty=False, hint=""):
+    """Refuse, before any work, an output folder that cannot be created or written.
+
+    The rule of every command: missing parent folders are created (as ``mkdir -p``), so the nearest
+    existing ancestor of ``path`` must be a writable folder; ``path`` itself must not be a file, and
+    with ``must_be_empty`` not a non-empty folder (``hint`` is appended to that message).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"output folder {path} is a file")
+    if must_be_empty and os.path.isdir(path) and os.listdir(path):
+        raise InputError(f"output folder {path} is not empty{hint}")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create output folder {path}: {parent} is not a writable folder")
+
+
 def make_output_folder(path):
     """Create ``path`` (and parents) if absent; InputError naming it if that is impossible."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output folder {path}: {exc.strerror}") from exc
+
+
+_MRC_LABEL = f"{'written by nonuniform':79s} "
 
 
 def _write_mrc_data(path, data, pixel_size_ang, stack):
@@ -167,6 +246,9 @@ def _write_mrc_data(path, data, pixel_size_ang, stack):
                 mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_ang)
             mrc.update_header_stats()
+            # mrcfile's default label holds the creation time; without it the same data gives the
+            # same bytes (a resumed refinement's outputs are bit-identical to an uninterrupted one's).
+            mrc.header.label[0] = _MRC_LABEL
     logger.debug("wrote %s %s (%.4f Å/px)", path, data.shape, pixel_size_ang)
 
 
@@ -238,14 +320,8 @@ def open_stack(path):
         if cached is not None and cached[0] == signature:
             _stack_cache.move_to_end(key)
             return cached[2]
-        try:
-            mrc = mrcfile.mmap(key, mode="r", permissive=True)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"cannot open image stack {key}: {exc}") from exc
+        mrc = _open_mrc(key, "image stack", opener=mrcfile.mmap)
         data = mrc.data
-        if data is None:
-            mrc.close()
-            raise InputError(f"cannot read the data of image stack {key} (corrupt header?)")
         view = data[np.newaxis] if data.ndim == 2 else data
         if cached is not None:
             cached[1].close()
@@ -297,12 +373,25 @@ def stack_dims(path):
     Returns
     -------
     (n_images, ny, nx) : tuple of int
+
+    Raises
+    ------
+    InputError
+        If the file is missing, its header unreadable, or the file shorter than its header says
+        (a truncated stack).
     """
     if not os.path.isfile(path):
         raise InputError(f"image stack not found: {path}")
-    try:
-        with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
-            h = mrc.header
-            return int(h.nz), int(h.ny), int(h.nx)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot read the header of image stack {path}: {exc}") from exc
+    with _open_mrc(path, "the header of image stack", header_only=True) as mrc:
+        h = mrc.header
+        dims = int(h.nz), int(h.ny), int(h.nx)
+        try:
+            itemsize = mrcfile.utils.data_dtype_from_header(h).itemsize
+        except ValueError as exc:
+            raise InputError(f"cannot read the header of image stack {path}: {exc}") from None
+        need = 1024 + int(h.nsymbt) + dims[0] * dims[1] * dims[2] * itemsize
+    size = os.path.getsize(path)
+    if min(dims) < 1 or size < need:
+        raise InputError(f"image stack {path} is truncated or corrupt: its header says {dims[0]} images of "
+                         f"{dims[2]} x {dims[1]} px ({need} bytes), the file has {size} bytes")
+    return dims

@@ -322,6 +322,16 @@ def load_particles(star_path, require_ctf=True):
         optics_group=groups, has_ctf=not missing, optics_table=optics, particles_table=table)
 
 
+def check_images(particles, batch=1024):
+    """Read every particle image once: InputError naming the first that holds NaN or Inf.
+
+    For commands that write before they read all images (``refine``), so that bad images are refused
+    before anything is written. Costs one pass over the stacks.
+    """
+    for start in range(0, len(particles), batch):
+        read_images(particles, np.arange(start, min(start + batch, len(particles))))
+
+
 def read_images(particles, indices):
     """Read particle images from their memory-mapped stacks.
 

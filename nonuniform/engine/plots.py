@@ -12,7 +12,15 @@ from .io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_fsc", "plot_locres_histogram"]
+__all__ = ["CURVE_LABELS", "plot_fsc", "plot_locres_histogram"]
+
+# Legend text of the curves of ``FscResult.curves()`` (other names are shown as they are).
+CURVE_LABELS = {
+    "fsc_unmasked": "no mask",
+    "fsc_masked": "with the solvent mask",
+    "fsc_phase_randomized": "with the mask, phases randomized",
+    "fsc_corrected": "mask-corrected (reported)",
+}
 
 
 def plot_fsc(
@@ -22,8 +30,12 @@ def plot_fsc(
     pixel_size_ang: float,
     box: int,
     threshold: float = 0.143,
-) -> None:
+    title: str | None = None,
+):
     """Plot FSC curves against spatial frequency and save a PNG, atomically.
+
+    Legends use :data:`CURVE_LABELS`; when resolutions are given, a note under the plot says how
+    they were taken (:data:`~.fsc.CROSSING_RULE`).
 
     Parameters
     ----------
@@ -40,7 +52,16 @@ def plot_fsc(
         Box size ``N`` (px).
     threshold : float
         Drawn as a dashed horizontal line.
+    title : str, optional
+        What is plotted (e.g. "Gold-standard FSC of the half-maps").
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure that was saved.
     """
+    from .fsc import CROSSING_RULE
+
     # An explicit Agg canvas: no pyplot, no change to the process-wide backend (a Scipion GUI
     # may be using Qt in the same process).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -53,7 +74,9 @@ def plot_fsc(
     ax = fig.add_subplot(1, 1, 1)
     for name, curve in curves.items():
         c = np.asarray(asnumpy(curve), dtype=np.float64).ravel()
-        label = name if name not in labels else f"{name} ({labels[name]:.2f} Å)"
+        label = CURVE_LABELS.get(name, name)
+        if name in labels:
+            label += f" ({labels[name]:.2f} Å)"
         ax.plot(freq[: c.size], c, label=label, lw=1.5)
     ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"FSC = {threshold:g}")
     ax.axhline(0.0, color="0.8", lw=0.8)
@@ -74,9 +97,17 @@ def plot_fsc(
     top.set_xticklabels([f"{d:.1f}" for d in 1.0 / top_ticks])
     ax.legend(loc="upper right", fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if title:
+        ax.set_title(title, fontsize="medium", pad=24)  # above the resolution axis
+    if labels:
+        import textwrap
+
+        note = f"Resolutions in the legend: {CROSSING_RULE.replace('the threshold', f'{threshold:g}')}."
+        fig.text(0.5, 0.01, textwrap.fill(note, 95), ha="center", va="bottom", fontsize="x-small", color="0.3")
+    fig.tight_layout(rect=(0, 0.07 if labels else 0, 1, 1))
     with atomic_write(path_png) as tmp:
         fig.savefig(tmp, format="png")
+    return fig
 
 
 def plot_locres_histogram(path_png, result) -> None:

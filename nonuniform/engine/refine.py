@@ -12,8 +12,10 @@ Per iteration and per half-set h (DESIGN §2):
    frequency limit and angular step follow the resolution; stop when the resolution and poses stop
    improving, then extra final passes.
 
-All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration, so ``resume``
-continues a killed run and gives the result of an uninterrupted one (per-iteration seeds).
+All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration together
+with the maps the outputs are made of (:class:`~.refine_state.IterationMaps`), so ``resume`` continues a
+killed or finished run and gives the result of an uninterrupted one, bit for bit (per-iteration seeds, and
+the outputs are always written from the checkpoint, never recomputed).
 """
 
 import dataclasses
@@ -28,20 +30,29 @@ from . import filters, fourier, fsc, geometry, masks, symmetry
 from .errors import InputError
 from .estep import align_and_backproject
 from .fourier import resample_map
-from .io import make_output_folder, read_mrc, read_volume, write_json, write_mrc
-from .particles import load_particles, save_particles
+from .io import check_output_folder, make_output_folder, read_mask, read_volume, write_json, write_mrc
+from .particles import check_images, load_particles, save_particles
 from .pipeline import half_set_labels
-from .refine_state import RefineConfig, State, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
+                           load_maps, save_checkpoint, write_iteration_fsc)
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES_PER_HALF = 50
+# Smallest box refine accepts (px): the FSC, the NU filter's candidate cutoffs and the frequency
+# limits of the pose search need a handful of shells; simulate has the same floor.
+MIN_BOX = 16
 # Resolution elements (diameter / initial low-pass) below which the starting map is close to a blob
 # and the first global search may not orient the images. Measured (protein phantom, SNR 0.5, 400
 # particles): a 77 Å particle from a 30 Å start (2.6 elements) ends at a 117° median pose error,
 # from 20 Å (3.8) at 4°; the demo (102 Å from 30 Å, 3.4) and bench_refine (123 Å, 4.1) converge.
 MIN_START_ELEMENTS = 3.0
+# A --mask must enclose denser than average density of the low-passed reference: the mask-weighted
+# mean density over the mean inside the particle's sphere must reach this. Measured on the tiny test
+# set (box 32 at 3 Å, starts low-passed to 20-40 Å): masks made from the truth (threshold 0.2 or 0.5,
+# 0-6 Å extension) give 4.0-15.2; the same masks moved 24 Å give 0.98-1.8, 36 Å (off the particle) 0.03-0.40.
+MIN_MASK_DENSITY_RATIO = 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,6 +82,11 @@ def join_low_resolution(ref1, ref2, apix, split_ang):
     return out[0], out[1]
 
 
+def _degrees(value):
+    """An angle for the log: ``12.34°``, or ``–`` when there is none (None)."""
+    return "–" if value is None else f"{value:.2f}°"
+
+
 # ----------------------------------------------------------------------------------------------
 # driver
 
@@ -95,21 +111,16 @@ class Refinement:
     def __init__(self, particles_star, reference_mrc, out_dir, config, resume=False, overwrite=False):
         self.cfg = config
         self.out = os.path.abspath(out_dir)
-        if config.mode not in ("uniform", "nonuniform"):
-            raise InputError(f"--mode must be 'uniform' or 'nonuniform', not {config.mode!r}")
-        if config.posterior_poses < 1:
-            raise InputError(f"--posterior-poses must be at least 1, not {config.posterior_poses}")
-        if not 0 <= config.min_posterior < 1:
-            raise InputError(f"--min-posterior must be in [0, 1), not {config.min_posterior}")
-        if not config.initial_lowpass_ang > 0:
-            raise InputError(f"--initial-lowpass-ang must be positive, not {config.initial_lowpass_ang}")
-        if config.diameter_ang is not None and not config.diameter_ang > 0:
-            raise InputError(f"--diameter-ang must be positive, not {config.diameter_ang}")
+        config.validate()
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)
+        check_images(self.particles)
         p = self.particles
         self.box, self.apix = p.box_px, p.pixel_size_ang
+        if self.box % 2 or self.box < MIN_BOX:
+            raise InputError(f"the images of {particles_star} are {self.box} px: refine needs an even box of at least "
+                             f"{MIN_BOX} px (as RELION; re-extract, or crop or pad the images)")
         if config.diameter_ang is None:
             config.diameter_ang = 0.8 * self.box * self.apix
         elements = config.diameter_ang / config.initial_lowpass_ang
@@ -119,15 +130,10 @@ class Refinement:
                            "(--initial-lowpass-ang) is safer", config.initial_lowpass_ang, elements,
                            config.diameter_ang, config.diameter_ang / 4)
         self.sphere = masks.soft_sphere(self.box, min(config.diameter_ang / 2 / self.apix, self.box / 2 - 3), 3.0)
-        self.user_mask = None
-        if config.mask_path:
-            m, am = read_mrc(config.mask_path)
-            if m.shape != (self.box,) * 3:
-                raise InputError(f"mask {config.mask_path} has shape {m.shape}, particles are {self.box} px")
-            if m.max() <= 0:
-                raise InputError(f"mask {config.mask_path} is empty")
-            self.user_mask = np.clip(m, 0, 1).astype(np.float32)
+        self.user_mask = self._read_mask(config.mask_path) if config.mask_path else None
         self.ref0 = self._initial_reference(reference_mrc)
+        if self.user_mask is not None:
+            self._check_mask_covers_reference(config.mask_path, reference_mrc)
         halves = half_set_labels(p, np.random.default_rng(config.seed))
         counts = [int((halves == h).sum()) for h in (1, 2)]
         if min(counts) < MIN_PARTICLES_PER_HALF:
@@ -140,23 +146,54 @@ class Refinement:
 
     def _check_out_dir(self, resume, overwrite):
         """Refuse a non-empty folder (unless resuming) or one that cannot be created, before any work."""
-        if os.path.isdir(self.out) and os.listdir(self.out) and not (resume or overwrite):
-            raise InputError(f"output folder {self.out} is not empty; use --continue to resume or "
-                             "--overwrite to start again")
-        parent = self.out
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise InputError(f"cannot create output folder {self.out}: {parent} is not a writable folder")
+        check_output_folder(self.out, must_be_empty=not (resume or overwrite),
+                            hint="; use --continue to resume or --overwrite to start again")
 
     def _create_out_dir(self):
         make_output_folder(self.out)
         make_output_folder(os.path.join(self.out, "checkpoints"))
 
+    def _header_pixel_size(self, path, apix, box, what):
+        """The pixel size of a map for this refinement, by one rule for the reference and the mask.
+
+        A header pixel size of 0 means "not set": the map is taken to be at the particles' pixel size
+        (warned) if it has the particles' box, else refused (its physical size is unknown). A negative
+        or non-finite one is refused.
+        """
+        if not (math.isfinite(apix) and apix >= 0):
+            raise InputError(f"{what} {path} has an invalid pixel size {apix} in its header")
+        if apix > 0:
+            return apix
+        if box != self.box:
+            raise InputError(f"{what} {path} has no pixel size in its header (0) and a box of {box} px, the "
+                             f"particles' is {self.box} px: set its pixel size (e.g. relion_image_handler --angpix)")
+        logger.warning("%s %s has no pixel size in its header (0): taken to be the particles' %.4f Å", what, path,
+                       self.apix)
+        return self.apix
+
+    def _read_mask(self, path):
+        """The static ``--mask``: finite, values in [0, 1], on the particles' grid (box and pixel size)."""
+        m, am = read_mask(path)
+        am = self._header_pixel_size(path, am, m.shape[0], "mask")
+        if m.shape != (self.box,) * 3 or abs(am - self.apix) > 1e-3 * self.apix:
+            raise InputError(f"mask {path} is {m.shape[0]} px at {am:.4f} Å/px; the particles are {self.box} px at "
+                             f"{self.apix:.4f} Å/px (resample the mask onto their grid)")
+        return m
+
+    def _check_mask_covers_reference(self, mask_path, reference_path):
+        """Refuse a mask that leaves out most of the (low-passed) reference: it misses the particle."""
+        dens = np.clip(self.ref0, 0, None)
+        inside = float((dens * self.user_mask).sum() / self.user_mask.sum())
+        overall = float((dens * self.sphere).sum() / self.sphere.sum())
+        if not inside >= MIN_MASK_DENSITY_RATIO * overall:
+            raise InputError(f"mask {mask_path} misses the particle: the reference {reference_path} (low-passed to "
+                             f"{self.cfg.initial_lowpass_ang:g} Å) is less dense inside it ({inside:.3g}) than on "
+                             f"average over the particle ({overall:.3g}); the mask must be made in the "
+                             f"reference's frame")
+
     def _initial_reference(self, path):
         vol, apix = read_volume(path, "reference")
-        if apix <= 0:
-            apix = self.apix
+        apix = self._header_pixel_size(path, apix, vol.shape[0], "reference")
         if vol.shape[0] != self.box or abs(apix - self.apix) > 1e-3 * self.apix:
             logger.warning("reference %s is %d px at %.4f Å/px; particles are %d px at %.4f Å/px: resampling",
                            path, vol.shape[0], apix, self.box, self.apix)
@@ -210,6 +247,7 @@ class Refinement:
                                       prev_shifts_px=st.shifts_px[idx])
             rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
             accum[h], sigma2[h - 1] = r.folds, r.sigma2
+            kill_point("estep", it)
         return rot, shift, accum, sigma2, pmax, n_poses
 
     def _masks(self, avg, res_ang):
@@ -261,12 +299,14 @@ class Refinement:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
             if done or st.iteration >= cfg.max_iterations:
                 break
-            st = self.iterate(st)
-            save_checkpoint(self.out, st)
+            st, maps = self.iterate(st)
+            save_checkpoint(self.out, st, maps)
+        kill_point("outputs_start", st.iteration)
         self.write_outputs(st, time.time() - t_start)
         return st
 
     def iterate(self, st):
+        """One iteration from state ``st``: the next :class:`State` and the :class:`IterationMaps` it made."""
         cfg = self.cfg
         it = st.iteration + 1
         t0 = time.time()
@@ -289,16 +329,21 @@ class Refinement:
             refs.append(ref * self._masks(halves_raw[h], st.resolution_ang))
             if cutoff is not None:
                 extras[f"cutoff_half{h}"] = cutoff
+            kill_point("regularize", it)
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
-        d = geometry.angular_distance_deg(rot, st.rotations) if it > 1 else np.full(len(rot), np.nan)
-        change, median_change = float(np.mean(d)), float(np.median(d))
         glob_, step, r_max = self._search_plan(st)
-        frac_large = float(np.mean(d > 2 * step)) if it > 1 else 1.0
+        if it > 1:
+            d = geometry.angular_distance_deg(rot, st.rotations)
+            change, median_change, frac_large = float(np.mean(d)), float(np.median(d)), float(np.mean(d > 2 * step))
+        else:  # no previous poses: no pose change (null in the JSON files, "–" in the log)
+            change = median_change = None
+            frac_large = 1.0
         prev_best = min([h["resolution_ang"] for h in st.history], default=np.inf)
         converged_at = st.converged_at
         # Converged (RELION's criteria): local searches, no resolution gain over the best so far,
         # and poses stable (median change below one angular step).
-        if not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change <= step:
+        if (not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change is not None
+                and median_change <= step):
             converged_at = it
         dt = time.time() - t0
         entry = {"iteration": it, "resolution_ang": res, "resolution_unmasked_ang": fres.resolution_unmasked_ang,
@@ -306,12 +351,12 @@ class Refinement:
                  "fraction_large_change": frac_large,
                  "angular_step_deg": step, "search_r_max_px": r_max, "search": "global" if glob_ else "local",
                  **stats, "seconds": dt}
-        logger.info("iteration %d: %.2f Å, mean pose change %.2f° (median %.2f°), %s search at %.2f°, %.0f s",
-                    it, res, change, median_change, entry["search"], step, dt)
-        self._last = {"halves": halves_raw, "mask": mask, "fsc": fres, "extras": extras}
+        logger.info("iteration %d: %.2f Å, mean pose change %s (median %s), %s search at %.2f°, %.0f s",
+                    it, res, _degrees(change), _degrees(median_change), entry["search"], step, dt)
+        maps = IterationMaps(halves=halves_raw, mask=mask, fsc=fres, extras=extras)
         return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
                      references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
-                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses)
+                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses), maps
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -325,17 +370,15 @@ class Refinement:
                     **dataclasses.asdict(self.cfg)})
 
     def write_outputs(self, st, seconds):
+        """Write the outputs of the checkpointed iteration ``st.iteration`` (from its checkpoint only)."""
         out, apix = self.out, self.apix
-        last = getattr(self, "_last", None)
-        if last is None:  # resumed after the final iteration: rebuild the maps from the poses
-            st_prev = dataclasses.replace(st, iteration=st.iteration - 1)
-            self.iterate(st_prev)
-            last = self._last
-        h1, h2 = last["halves"][1], last["halves"][2]
-        fres = last["fsc"]
+        maps = load_maps(out, st.iteration)
+        h1, h2 = maps.halves[1], maps.halves[2]
+        fres = maps.fsc
         write_mrc(os.path.join(out, "half1.mrc"), h1, apix)
         write_mrc(os.path.join(out, "half2.mrc"), h2, apix)
-        write_mrc(os.path.join(out, "mask.mrc"), last["mask"], apix)
+        write_mrc(os.path.join(out, "mask.mrc"), maps.mask, apix)
+        kill_point("outputs", st.iteration)
         avg = (h1 + h2) / 2
         full = filters.apply_radial_filter(avg, filters.fsc_weighting(fres.corrected, zero_after_below=1e-4))
         write_mrc(os.path.join(out, "map.mrc"), full, apix)
@@ -345,18 +388,18 @@ class Refinement:
             logger.warning("no automatic B-factor (%s): map_sharp.mrc is the FSC-weighted map", exc)
             sharp, bfac = full, None
         write_mrc(os.path.join(out, "map_sharp.mrc"), sharp, apix)
-        for name, vol in last["extras"].items():
+        for name, vol in maps.extras.items():
             write_mrc(os.path.join(out, f"{name}.mrc"), vol, apix)
         if self.cfg.mode == "nonuniform":
             r = nu_filter(h1, h2, half_map=avg, pixel_size_ang=apix, awf=self.cfg.awf, order=self.cfg.nu_order,
-                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=last["mask"])
+                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=maps.mask)
             write_mrc(os.path.join(out, "map_nu.mrc"), r.filtered, apix)
-        fsc.write_fsc_csv(os.path.join(out, "fsc.csv"), fres.curves(), self.box, apix,
-                          metadata={f"resolution_{k}_ang": f"{v:.4f}" for k, v in fres.resolutions_ang().items()})
+        write_iteration_fsc(os.path.join(out, "fsc.csv"), fres)
         try:
             from .plots import plot_fsc
 
-            plot_fsc(os.path.join(out, "fsc.png"), fres.curves(), fres.resolutions_ang(), apix, self.box)
+            plot_fsc(os.path.join(out, "fsc.png"), fres.curves(), fres.resolutions_ang(), apix, self.box,
+                     title=f"Gold-standard FSC of the two half-maps, iteration {st.iteration}")
         except ImportError:  # pragma: no cover - matplotlib is an install requirement
             logger.warning("matplotlib missing: no fsc.png")
         rot, tilt, psi = geometry.matrix_to_euler(st.rotations)

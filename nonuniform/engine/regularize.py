@@ -26,7 +26,7 @@ import numpy as np
 
 from . import fourier
 from .backend import get_array_module
-from .errors import InputError
+from .errors import InputError, require
 from .filters import butterworth
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,15 @@ class NUResult:
     cutoffs_inv_px: np.ndarray
 
 
+def check_nu_options(awf, order, n_cutoffs, kind, names=("awf", "order", "n_cutoffs", "filter type")):
+    """InputError naming the first invalid NU filter parameter; ``names`` are what the caller calls them
+    (e.g. the command-line options)."""
+    require(awf > 0 and np.isfinite(awf), names[0], awf, "a positive number")
+    require(order >= 1, names[1], order, "at least 1")
+    require(n_cutoffs >= 2, names[2], n_cutoffs, "at least 2")
+    require(kind in FILTER_TYPES, names[3], kind, f"one of {', '.join(FILTER_TYPES)}")
+
+
 def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8, n_cutoffs=50,
               kind="butterworth", n_windows=6, mask=None):
     """Cross-validated spatially adaptive low-pass filter (NU regularizer) of one half-set.
@@ -158,8 +167,7 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     xp = get_array_module(fold1)
     if fold1.shape != fold2.shape or fold1.ndim != 3 or len(set(fold1.shape)) != 1:
         raise InputError(f"fold maps must be cubic and of the same shape, got {fold1.shape} and {fold2.shape}")
-    if awf <= 0 or order < 1 or n_cutoffs < 2:
-        raise InputError("need awf > 0, order >= 1 and at least 2 cutoffs")
+    check_nu_options(awf, order, n_cutoffs, kind)
     shape = fold1.shape
     box = shape[0]
     half_map = (fold1 + fold2) / 2 if half_map is None else half_map

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nonuniform.engine import ctf, fourier, geometry, io, particles, project
+from nonuniform.engine import ctf, fourier, geometry, io, particles, phantoms, project, simulate
 
 
 def blob_phantom(n, rng, n_blobs=40, sigma_px=1.2, radius_frac=0.3):
@@ -49,3 +49,13 @@ def small_dataset(tmp_path_factory):
     io.write_mrc(str(folder / "truth.mrc"), vol, 2.0)
     star = simulate_star(folder, vol, 1500, 2.0, rng)
     return {"folder": folder, "star": star, "truth": vol, "apix": 2.0}
+
+
+def write_tiny_simulation(folder, n_particles, seed):
+    """Protein phantom, box 32 at 3 Å/px, ``n_particles`` at SNR 0.5 written into ``folder``
+    (particles.star/.mrcs, truth.mrc): a refinement iteration takes about a second."""
+    rng = np.random.default_rng(seed)
+    vol = phantoms.protein_phantom(32, 3.0, rng)
+    sim = simulate.simulate_particles(vol, n_particles, 3.0, rng, snr=0.5)
+    simulate.write_simulation(str(folder), sim, 3.0, vol)
+    return folder

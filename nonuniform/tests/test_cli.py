@@ -80,12 +80,13 @@ def test_reconstruct_bad_input(case, bad_star, tmp_path, caplog):
 def test_reconstruct_bad_symmetry_and_folder(small_dataset, tmp_path, caplog):
     star = str(small_dataset["star"])
     assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "o.mrc"), "--sym", "Q7"]) == 2
-    assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "no" / "o.mrc")]) == 2
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["reconstruct", "--particles", star, "--out", str(tmp_path / "a_file" / "o.mrc")]) == 2
     assert cli.main(["reconstruct", "--particles", str(tmp_path / "missing.star"),
                      "--out", str(tmp_path / "o.mrc")]) == 2
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert "Q7" in msgs[0] and "does not exist" in msgs[1] and "missing.star" in msgs[2]
-    assert os.listdir(tmp_path) == []
+    assert "Q7" in msgs[0] and "a_file is a file" in msgs[1] and "missing.star" in msgs[2]
+    assert os.listdir(tmp_path) == ["a_file"]
 
 
 def test_fsc_bad_input(tmp_path, caplog):
@@ -122,3 +123,44 @@ def test_locres_command(tmp_path, caplog):
     assert cli.main(["locres", "--half1", str(tmp_path / "h1.mrc"), "--half2", str(tmp_path / "other.mrc"),
                      "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def _subparsers(parser):
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_help_is_complete_and_plain(capsys):
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "COMMAND --help" in top
+    assert set(_subparsers(parser)) == set(cli.COMMANDS)
+    for name, sub in _subparsers(parser).items():
+        text = sub.format_help()
+        assert "``" not in text, name
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help and len(action.help) > 8, (name, action.dest)  # every option says what it is
+            if action.default not in (None, False) and action.option_strings and action.default != "==SUPPRESS==":
+                # every default is shown in the help
+                assert "default" in sub._get_formatter()._get_help_string(action), (name, action.dest)
+
+
+def test_dev_sh_demo_into_a_file_is_refused_cleanly(tmp_path):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    target = tmp_path / "a_file"
+    target.write_text("")
+    # Refused before anything is installed or run: one line naming the file, exit 2.
+    proc = subprocess.run(["bash", os.path.join(root, "dev.sh"), "demo", str(target)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"demo: {target} is a file, not a folder; give a folder: "
+                                                "./dev.sh demo DIR"]
+    assert target.read_text() == ""

@@ -72,7 +72,7 @@ def test_shell_resolution():
 
 def test_resolution_interpolation():
     box, px = 40, 1.25
-    curve = np.array([1.0, 0.95, 0.9, 0.2, 0.1, 0.3, 0.02, 0.0, 0.0, 0.0, 0.0])
+    curve = np.array([1.0, 0.95, 0.9, 0.2, 0.1, 0.05, 0.02, 0.0, 0.0, 0.0, 0.0])
     # first drop below 0.143 is between shells 3 (0.2) and 4 (0.1): s* = 3 + 0.057/0.1 = 3.57
     assert fsc.resolution_at(curve, box, px) == pytest.approx(50.0 / 3.57, rel=1e-12)
     # at 0.5: between shells 2 (0.9) and 3 (0.2): s* = 2 + 0.4/0.7
@@ -81,11 +81,27 @@ def test_resolution_interpolation():
     )
     # never below: the last shell; below already at shell 1: shell 1 (box size in Å)
     assert fsc.resolution_at(np.ones(11), box, px) == pytest.approx(5.0)
-    assert fsc.resolution_at([1.0, 0.1, 0.5, 0.0], box, px) == pytest.approx(50.0)
+    assert fsc.resolution_at([1.0, 0.1, 0.05, 0.0], box, px) == pytest.approx(50.0)
     # shell 0 is ignored even if it is below the threshold
     assert fsc.resolution_at([0.0, 0.9, 0.0], box, px) == pytest.approx(
         50.0 / (1 + 0.757 / 0.9)
     )
+
+
+def test_resolution_passes_over_a_single_noisy_shell():
+    box, px = 40, 1.25
+    # One shell (4) dips below 0.143 and the curve recovers: the crossing is the sustained one
+    # between shells 5 (0.3) and 6 (0.02): s* = 5 + 0.157/0.28.
+    curve = np.array([1.0, 0.95, 0.9, 0.2, 0.1, 0.3, 0.02, 0.0, 0.0, 0.0, 0.0])
+    assert fsc.resolution_at(curve, box, px) == pytest.approx(50.0 / (5 + 0.157 / 0.28), rel=1e-12)
+    # RELION's first crossing on request: between shells 3 and 4.
+    assert fsc.resolution_at(curve, box, px, min_shells_below=1) == pytest.approx(50.0 / 3.57, rel=1e-12)
+    # A dip at shell 1 is passed over too; two shells below are a crossing.
+    assert fsc.resolution_at([1.0, 0.1, 0.5, 0.0], box, px) == pytest.approx(50.0 / (2 + 0.357 / 0.5))
+    two = np.array([1.0, 0.9, 0.1, 0.1, 0.5, 0.0])
+    assert fsc.resolution_at(two, box, px) == pytest.approx(50.0 / (1 + 0.757 / 0.8))
+    # A single shell below at the very end is a crossing (no shell left to recover in).
+    assert fsc.resolution_at([1.0, 0.9, 0.8, 0.1], box, px) == pytest.approx(50.0 / (2 + 0.657 / 0.7))
 
 
 @pytest.mark.parametrize("n", [24, 25])

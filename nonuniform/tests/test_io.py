@@ -451,6 +451,21 @@ def test_write_json_converts_numpy(tmp_path):
     assert json.loads(path.read_text()) == {"res_ang": 3.5, "n": 7, "curve": [0, 1, 2]}
 
 
+def _strict_json(text):
+    """Parse like a strict JSON parser: NaN, Infinity and -Infinity are errors."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_json_is_strict(tmp_path):
+    path = tmp_path / "s.json"
+    io.write_json(path, {"change": float("nan"), "res": [np.float64(np.inf), 2.0], "c": np.array([1.0, np.nan]),
+                         "nested": {"x": (-np.inf, 1)}})
+    assert _strict_json(path.read_text()) == {"change": None, "res": [None, 2.0], "c": [1.0, None],
+                                              "nested": {"x": [None, 1]}}
+
+
 # ------------------------------------------------------------------------------------------
 # RELION reads what we write
 

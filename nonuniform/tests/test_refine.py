@@ -10,19 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from nonuniform.engine import cli, io, phantoms, simulate
+from nonuniform.engine import cli, io
 from nonuniform.engine.refine import RefineConfig, Refinement, resample_map
+from .conftest import write_tiny_simulation
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Box 32, 3 Å/px, 300 particles at SNR 0.5: a few seconds per iteration."""
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(3)
-    vol = phantoms.protein_phantom(32, 3.0, rng)
-    sim = simulate.simulate_particles(vol, 300, 3.0, rng, snr=0.5)
-    simulate.write_simulation(str(folder), sim, 3.0, vol)
-    return folder
+    return write_tiny_simulation(tmp_path_factory.mktemp("tiny"), 300, seed=3)
 
 
 def _refine(tiny, out, *extra):
@@ -85,7 +81,7 @@ def test_reference_resampled_with_warning(tiny, tmp_path, caplog):
     # Fourier resampling there and back keeps the map (up to the band limit of the coarser grid).
     assert np.corrcoef(back.ravel(), vol.ravel())[0, 1] > 0.98
     ref = Refinement(str(tiny / "particles.star"), str(tmp_path / "big.mrc"), str(tmp_path / "o"),
-                     RefineConfig(max_iterations=0))
+                     RefineConfig(max_iterations=1))
     assert ref.ref0.shape == (32, 32, 32)
     assert any("resampling" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
@@ -94,11 +90,11 @@ def test_coarse_start_warns(tiny, tmp_path, caplog):
     # Box 32 at 3 Å/px: the default particle diameter is 0.8 x 96 = 76.8 Å, 2.6 resolution elements
     # of the default 30 Å start (below 3): warned, with the finer start it suggests (76.8 / 4 Å).
     star, ref = str(tiny / "particles.star"), str(tiny / "truth.mrc")
-    Refinement(star, ref, str(tmp_path / "a"), RefineConfig(max_iterations=0))
+    Refinement(star, ref, str(tmp_path / "a"), RefineConfig(max_iterations=1))
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "initial low-pass" in r.getMessage()]
     assert len(warned) == 1 and "2.6 resolution elements" in warned[0] and "19 Å" in warned[0], warned
     caplog.clear()
-    Refinement(star, ref, str(tmp_path / "b"), RefineConfig(max_iterations=0, initial_lowpass_ang=20.0))
+    Refinement(star, ref, str(tmp_path / "b"), RefineConfig(max_iterations=1, initial_lowpass_ang=20.0))
     assert not [r for r in caplog.records if "initial low-pass" in r.getMessage()]
 
 
@@ -154,8 +150,8 @@ def test_nu_half_sets_stay_independent(tiny, tmp_path):
     for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
         cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=1)
         r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
-        st = r.iterate(r._initial_state())
-        states.append((st, r._last["halves"]))
+        st, maps = r.iterate(r._initial_state())
+        states.append((st, maps.halves))
     (sa, ha), (sb, hb) = states
     assert np.array_equal(ha[1], hb[1]) and np.array_equal(sa.references[0], sb.references[0])
     assert not np.array_equal(sa.references[1], sb.references[1])  # the perturbation did reach half 2

@@ -1,0 +1,100 @@
+"""Exact resume: ``--continue`` (after a finished run or a kill -9 anywhere) gives the outputs of an
+uninterrupted run, bit for bit, because everything the outputs need lives in the checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nonuniform.engine import cli, fsc
+from .conftest import write_tiny_simulation
+
+# Files that must be byte-identical between an uninterrupted and a resumed run (summary.json and
+# the checkpoint JSONs hold wall times, compared without them below).
+EXACT = ("half1.mrc", "half2.mrc", "mask.mrc", "map.mrc", "map_sharp.mrc", "map_nu.mrc", "cutoff_half1.mrc",
+         "cutoff_half2.mrc", "fsc.csv", "particles.star")
+
+
+@pytest.fixture(scope="module")
+def tiny_sim(tmp_path_factory):
+    """200 particles, box 32 (about a second per NU iteration)."""
+    return write_tiny_simulation(tmp_path_factory.mktemp("tiny_resume"), 200, seed=11)
+
+
+def _args(sim, out, *extra):
+    return ["refine", "--particles", str(sim / "particles.star"), "--ref", str(sim / "truth.mrc"), "--out",
+            str(out), "--nu-cutoffs", "8", "--initial-lowpass-ang", "20", "--iterations", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_sim, tmp_path_factory):
+    """An uninterrupted 2-iteration NU refinement."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert cli.main(_args(tiny_sim, out)) == 0
+    return out
+
+
+def _timeless(summary):
+    summary = dict(summary, wall_seconds=None)
+    summary["history"] = [dict(h, seconds=None) for h in summary["history"]]
+    return summary
+
+
+def assert_same_outputs(a, b):
+    for name in EXACT:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert _timeless(sa) == _timeless(sb)
+
+
+def test_continue_finished_run_changes_nothing(reference_run, tiny_sim, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(_args(tiny_sim, out)) == 0
+    before = {name: (out / name).read_bytes() for name in EXACT}
+    assert cli.main(_args(tiny_sim, out, "--continue")) == 0
+    for name in EXACT:
+        assert (out / name).read_bytes() == before[name], name
+    assert_same_outputs(reference_run, out)
+
+
+def test_json_outputs_are_strict(reference_run):
+    """summary.json and the checkpoint JSONs hold no bare NaN: the first pose change is null."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    summary = json.loads((reference_run / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["history"][0]["mean_pose_change_deg"] is None
+    assert summary["history"][1]["mean_pose_change_deg"] >= 0
+    for it in (1, 2):
+        json.loads((reference_run / "checkpoints" / f"iter{it:03d}.json").read_text(), parse_constant=refuse)
+
+
+def test_iteration_fsc_curves_checkpointed(reference_run):
+    """Each iteration's gold-standard FSC curves are kept as checkpoints/iterNNN_fsc.csv."""
+    for it in (1, 2):
+        cols, meta = fsc.read_fsc_csv(str(reference_run / "checkpoints" / f"iter{it:03d}_fsc.csv"))
+        assert {"fsc_unmasked", "fsc_masked", "fsc_corrected"} <= set(cols) and "resolution_fsc_corrected_ang" in meta
+    final, _ = fsc.read_fsc_csv(str(reference_run / "fsc.csv"))
+    last, _ = fsc.read_fsc_csv(str(reference_run / "checkpoints" / "iter002_fsc.csv"))
+    assert all((final[k] == last[k]).all() for k in final)
+
+
+# (kill point, iteration): during the E-step (between the two half-sets' pose searches), during the
+# regularization (between the halves), while writing a checkpoint (maps written, state not yet),
+# after the last iteration's checkpoint (before any output), and half-way through the outputs.
+KILL_POINTS = ["estep:2", "regularize:1", "checkpoint:2", "outputs_start:2", "outputs:2"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill9_then_continue_is_exact(point, reference_run, tiny_sim, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, NONUNIFORM_KILL_AT=point)
+    proc = subprocess.run([sys.executable, "-m", "nonuniform.engine", *_args(tiny_sim, out)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # died of SIGKILL at the named point
+    assert not (out / "summary.json").exists()
+    assert cli.main(_args(tiny_sim, out, "--continue")) == 0
+    assert_same_outputs(reference_run, out)
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary file left over
