@@ -12,6 +12,7 @@ Geometry (docs: README *Conventions*): a Scipion ``Transform`` of an ``ALIGN_PRO
 ``s = A · M[:3, 3]``.
 """
 
+import json
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ from .engine import geometry, star, symmetry
 from .engine.errors import InputError
 from .engine.particles_write import image_name, write_particles_star
 from .engine.refine import MIN_PARTICLES_PER_HALF, MIN_START_ELEMENTS
+from .engine.refine_state import checkpoint_files
 
 # File extensions the engine reads in place (mrcfile); anything else is converted once.
 MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
@@ -240,6 +242,24 @@ def readFscCurves(csvFile):
             f.setData(cols["freq_inv_ang"].tolist(), cols[key].tolist())
             out.append(f)
     return out
+
+
+def finishedIterations(runDir):
+    """Iterations of an engine run folder with a committed checkpoint (what ``--continue`` resumes)."""
+    return [it for it, _ in checkpoint_files(runDir, ".npz")]
+
+
+def lastIteration(runDir):
+    """``(iteration, resolution Å)`` of the newest iteration the engine logged in ``runDir``, or None."""
+    files = checkpoint_files(runDir, ".json")
+    if not files:
+        return None
+    try:
+        with open(files[-1][1]) as f:
+            last = json.load(f)["history"][-1]
+    except (OSError, ValueError, KeyError, IndexError):  # being replaced
+        return None
+    return last["iteration"], last["resolution_ang"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ outputs are registered from the files it wrote. The engine checkpoints every ite
 Scipion's *Continue* resumes a stopped or failed run from its last finished iteration.
 """
 
-import glob
 import json
 import os
 
@@ -196,7 +195,7 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
         arguments += f" --ref {paths['reference']}"
         if "mask" in paths:
             arguments += f" --mask {paths['mask']}"
-        if self._checkpoints():
+        if convert.finishedIterations(self._runDir()):
             arguments += " --continue"  # Scipion's Continue: resume from the last finished iteration
         elif os.path.isdir(self._runDir()):
             arguments += " --overwrite"  # stopped before its first checkpoint: nothing to keep
@@ -237,21 +236,6 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
         self._store(self.finalResolution, self.iterationsDone)
 
     # -- helpers ------------------------------------------------------------------------------
-
-    def _checkpoints(self):
-        return sorted(glob.glob(self._runDir("checkpoints", "iter*.npz")))
-
-    def _progress(self):
-        """(iteration, resolution Å) of the newest finished iteration, or None."""
-        files = sorted(glob.glob(self._runDir("checkpoints", "iter*.json")))
-        if not files:
-            return None
-        try:
-            with open(files[-1]) as f:
-                last = json.load(f)["history"][-1]
-        except (OSError, ValueError, KeyError, IndexError):  # being written
-            return None
-        return last["iteration"], last["resolution_ang"]
 
     def _diameterA(self):
         d = self.maskDiameterA.get()
@@ -301,7 +285,7 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
             lines.append(f"Final resolution (gold-standard FSC = 0.143, mask-corrected): "
                          f"*{self.finalResolution.get():.2f} Å* after {self.iterationsDone.get()} iterations.")
         else:
-            progress = self._progress()
+            progress = convert.lastIteration(self._runDir())
             if progress:
                 lines.append(f"Iteration {progress[0]} done: {progress[1]:.2f} Å (running or stopped).")
             else:

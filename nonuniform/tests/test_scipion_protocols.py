@@ -6,7 +6,6 @@ dependency), then the refinement runs in non-uniform and uniform mode, the local
 half-maps, RELION's post-processing on our refinement, and a stopped run is continued.
 """
 
-import glob
 import json
 import os
 import shutil
@@ -257,14 +256,15 @@ class TestNonUniformProtocols(BaseTest):
         prot = self.newRefine(objLabel="stopped", maxIterations=5, refine_num_final_iterations=4,
                               refine_res_init=20.0, numberOfThreads=2)
         self.proj.launchProtocol(prot, wait=False)
-        checkpoints = prot._getExtraPath("run", "checkpoints", "iter*.npz")
+        run = prot._getExtraPath("run")
         t0 = time.time()
-        while not glob.glob(checkpoints):
+        while not convert.finishedIterations(run):
             self.assertLess(time.time() - t0, 300, "no checkpoint after 5 minutes")
             time.sleep(0.2)
         self.proj._updateProtocol(prot)
         self.proj.stopProtocol(prot)
-        done = len(glob.glob(checkpoints))
+        done = convert.finishedIterations(run)[-1]
+        self.assertEqual(convert.finishedIterations(run), list(range(1, done + 1)))
         self.assertLess(done, 5, "the run finished before it could be stopped")
         self.assertFalse(os.path.exists(prot._getExtraPath("run", "summary.json")))
         self.assertIn("running or stopped", "\n".join(prot.summary()))
