@@ -240,6 +240,22 @@ class TestNonUniformProtocols(BaseTest):
         self.assertRefused(self.newRefine(useGpu=True), "GPU execution was requested", "Set 'Use GPU' to No")
         self.assertRefused(self.newRefine(numberOfMpi=3), "MPI (3 processes) is not supported yet")
 
+    def test_3d_alignment_is_refused(self):
+        """Particles carrying subtomogram-style ALIGN_3D transforms (imported from a Scipion sqlite)."""
+        path = os.path.join(self.data, "aligned3d.sqlite")
+        aligned = SetOfParticles(filename=path)
+        aligned.copyInfo(self.particles)
+        aligned.setAlignment3D()
+        for p in self.particles.iterItems(limit=120):  # enough for the particle-count check
+            aligned.append(p.clone())
+        aligned.write()
+        aligned.close()
+        imported = self.runProt(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_SCIPION,
+                                sqliteFile=path, samplingRate=APIX, magnification=50000, voltage=300,
+                                sphericalAberration=2.7, amplitudeContrast=0.1).outputParticles
+        self.assertEqual(imported.getAlignment(), "3D")
+        self.assertRefused(self.newRefine(particles=imported), "3D (subtomogram) alignment")
+
     def test_bad_symmetry_is_refused(self):
         self.assertRefused(self.newRefine(symmetryGroup="X3"), "Symmetry:", "X3")
 
