@@ -44,25 +44,41 @@ POSTERIOR_COLUMNS = {"rlnMaxValueProbDistribution": Float, "rlnNrOfSignificantSa
 # geometry
 
 
-def matrixFromGeometry(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px):
-    """Scipion ``ALIGN_PROJ`` 4×4 matrix of a RELION pose (angles in degrees, origin in px)."""
+def matricesFromGeometry(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px):
+    """Scipion ``ALIGN_PROJ`` 4×4 matrices of RELION poses (angles in degrees, origins in px), vectorized.
+
+    Every argument is a scalar or an (n,) array; returns (..., 4, 4).
+    """
     a = geometry.euler_to_matrix(rot_deg, tilt_deg, psi_deg)
-    m = np.eye(4)
-    m[:3, :3] = a.T
-    m[:3, 3] = a.T @ np.array([origin_x_px, origin_y_px, 0.0])
+    s = np.stack(np.broadcast_arrays(np.asarray(origin_x_px, float), np.asarray(origin_y_px, float),
+                                     np.zeros(a.shape[:-2])), axis=-1)
+    m = np.zeros(a.shape[:-2] + (4, 4))
+    m[..., :3, :3] = np.swapaxes(a, -1, -2)
+    m[..., :3, 3] = np.einsum("...ji,...j->...i", a, s)
+    m[..., 3, 3] = 1.0
     return m
 
 
-def geometryFromMatrix(matrix):
-    """Inverse of :func:`matrixFromGeometry`: ``(rot, tilt, psi)`` in degrees and the origin in px.
+def matrixFromGeometry(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px):
+    """Scipion ``ALIGN_PROJ`` 4×4 matrix of one RELION pose (angles in degrees, origin in px)."""
+    return matricesFromGeometry(rot_deg, tilt_deg, psi_deg, origin_x_px, origin_y_px)
+
+
+def geometryFromMatrices(matrices):
+    """Inverse of :func:`matricesFromGeometry`: ``rot, tilt, psi`` (degrees) and the origin (px), each (...).
 
     The out-of-plane component of the translation (not representable in a projection) is dropped.
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    a = m[:3, :3].T
+    m = np.asarray(matrices, dtype=np.float64)
+    a = np.swapaxes(m[..., :3, :3], -1, -2)
     rot, tilt, psi = geometry.matrix_to_euler(a)
-    s = a @ m[:3, 3]
-    return float(rot), float(tilt), float(psi), float(s[0]), float(s[1])
+    s = np.einsum("...ij,...j->...i", a, m[..., :3, 3])
+    return rot, tilt, psi, s[..., 0], s[..., 1]
+
+
+def geometryFromMatrix(matrix):
+    """:func:`geometryFromMatrices` of one matrix, as five floats."""
+    return tuple(float(v) for v in geometryFromMatrices(matrix))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +152,7 @@ def writeSetOfParticles(partSet, starFile, extraDir):
         phase = c.getPhaseShift() if hasattr(c, "getPhaseShift") else None
         ctf.append((c.getDefocusU(), c.getDefocusV(), c.getDefocusAngle(), phase or 0.0))
         if hasProj:
-            poses.append(geometryFromMatrix(p.getTransform().getMatrix()))
+            poses.append(p.getTransform().getMatrix())
         subset = getattr(p, "_rlnRandomSubset", None)
         subsets.append(int(subset.get()) if subset is not None and subset.get() is not None else 0)
     converted.write()
@@ -144,7 +160,7 @@ def writeSetOfParticles(partSet, starFile, extraDir):
     ctf = np.array(ctf, dtype=np.float64).reshape(-1, 4)
     kw = {}
     if hasProj:
-        rot, tilt, psi, ox, oy = np.array(poses, dtype=np.float64).T
+        rot, tilt, psi, ox, oy = geometryFromMatrices(np.array(poses, dtype=np.float64).reshape(-1, 4, 4))
         kw = dict(rot_deg=rot, tilt_deg=tilt, psi_deg=psi, shift_x_ang=ox * apix, shift_y_ang=oy * apix)
     subsets = np.array(subsets, dtype=np.int64)
     if len(subsets) and np.isin(subsets, (1, 2)).all():
@@ -186,6 +202,7 @@ class ParticlesStarRows:
         self.pixelSize = float(blocks["optics"]["rlnImagePixelSize"][0])
         self.table = table
         self.rowOf = {int(i): r for r, i in enumerate(table["rlnImageId"])}
+        self._matrices = None
 
     def __len__(self):
         return len(self.rowOf)
@@ -196,17 +213,26 @@ class ParticlesStarRows:
     def value(self, objId, column):
         return self.table[column][self.rowOf[objId]]
 
+    def matrices(self):
+        """Scipion ``ALIGN_PROJ`` matrices of every row, (n, 4, 4), computed once."""
+        if self._matrices is None:
+            t = self.table
+            self._matrices = matricesFromGeometry(
+                np.asarray(t["rlnAngleRot"], float), np.asarray(t["rlnAngleTilt"], float),
+                np.asarray(t["rlnAnglePsi"], float), np.asarray(t["rlnOriginXAngst"], float) / self.pixelSize,
+                np.asarray(t["rlnOriginYAngst"], float) / self.pixelSize)
+        return self._matrices
+
     def updateParticle(self, particle):
         """Give ``particle`` its refined pose (``ALIGN_PROJ``), half-set and posterior statistics."""
         objId = particle.getObjId()
-        origin = [float(self.value(objId, c)) / self.pixelSize for c in ("rlnOriginXAngst", "rlnOriginYAngst")]
-        angles = [float(self.value(objId, c)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
-        particle.setTransform(Transform(matrixFromGeometry(*angles, *origin)))
+        row = self.rowOf[objId]
+        particle.setTransform(Transform(self.matrices()[row]))
         if "rlnRandomSubset" in self.table:
-            particle._rlnRandomSubset = Integer(int(self.value(objId, "rlnRandomSubset")))
+            particle._rlnRandomSubset = Integer(int(self.table["rlnRandomSubset"][row]))
         for column, kind in POSTERIOR_COLUMNS.items():
             if column in self.table:
-                value = self.value(objId, column)
+                value = self.table[column][row]
                 setattr(particle, "_" + column, kind(int(value) if kind is Integer else float(value)))
 
 
@@ -226,7 +252,7 @@ def copyRefinedParticles(inputSet, outputSet, starFile):
         else:
             item._appendItem = False
 
-    outputSet.copyItems(inputSet, updateItemCallback=update)
+    outputSet.copyItems(inputSet, updateItemCallback=update, doClone=False)
     return outputSet
 
 
