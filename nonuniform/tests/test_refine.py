@@ -130,31 +130,49 @@ def test_refine_bad_input(tiny, tmp_path, caplog):
         assert len(msgs) == 1 and culprit in msgs[0], msgs
 
 
-def test_nu_half_sets_stay_independent(tiny, tmp_path):
-    """Perturbing half-set 2's images leaves half-set 1's map and NU reference bit-identical."""
+def _perturb_half2(tiny, folder):
+    """A copy of ``tiny`` whose half-set 2 images carry extra noise (as strong as the images)."""
     import shutil
 
     from nonuniform.engine import particles
 
-    bad = tmp_path / "perturbed"
-    bad.mkdir()
+    folder.mkdir()
     for name in ("particles.star", "particles.mrcs", "truth.mrc"):
-        shutil.copy(tiny / name, bad / name)
-    p = particles.load_particles(str(bad / "particles.star"))
-    imgs, apix = io.read_mrc(str(bad / "particles.mrcs"))
+        shutil.copy(tiny / name, folder / name)
+    p = particles.load_particles(str(folder / "particles.star"))
+    imgs, apix = io.read_mrc(str(folder / "particles.mrcs"))
     rng = np.random.default_rng(0)
     two = p.random_subset == 2
     imgs[two] += rng.normal(0, imgs.std(), imgs[two].shape).astype(np.float32)
-    io.write_stack(str(bad / "particles.mrcs"), imgs, apix)
-    states = []
+    io.write_stack(str(folder / "particles.mrcs"), imgs, apix)
+    return folder, two
+
+
+def test_nu_half_sets_stay_independent(tiny, tmp_path):
+    """NU mode, join disabled: perturbing half-set 2's images leaves half-set 1's poses, raw map,
+    cutoff map and masked reference bit-identical in every iteration (each half's search plan and
+    masks come from its own data), while half-set 2 does change."""
+    bad, two = _perturb_half2(tiny, tmp_path / "perturbed")
+    one = ~two
+    runs = []
     for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
-        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=1)
+        # Three iterations: the first with the initial plan, then plans from each half's own results.
+        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=3,
+                           min_global_iterations=1, initial_lowpass_ang=20)
         r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
-        st, maps = r.iterate(r._initial_state())
-        states.append((st, maps.halves))
-    (sa, ha), (sb, hb) = states
-    assert np.array_equal(ha[1], hb[1]) and np.array_equal(sa.references[0], sb.references[0])
-    assert not np.array_equal(sa.references[1], sb.references[1])  # the perturbation did reach half 2
+        st, per_iteration = r._initial_state(), []
+        for _ in range(3):
+            st, maps = r.iterate(st)
+            per_iteration.append((st, maps))
+        runs.append(per_iteration)
+    for it, ((sa, ma), (sb, mb)) in enumerate(zip(*runs), start=1):
+        assert np.array_equal(sa.rotations[one], sb.rotations[one]), it
+        assert np.array_equal(sa.shifts_px[one], sb.shifts_px[one]), it
+        assert np.array_equal(ma.halves[1], mb.halves[1]), it
+        assert np.array_equal(ma.extras["cutoff_half1"], mb.extras["cutoff_half1"]), it
+        assert np.array_equal(sa.references[0], sb.references[0]), it
+        assert sa.half_resolution_ang[0] == sb.half_resolution_ang[0], it
+        assert not np.array_equal(sa.references[1], sb.references[1]), it  # the perturbation reached half 2
 
 
 def test_marginalization_over_top_poses(tiny, tmp_path):
