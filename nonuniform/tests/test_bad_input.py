@@ -214,6 +214,8 @@ CASES = {
     "fsc no pixel size": lambda i, t: (["fsc", str(_edit_map(i, t, "half1.mrc", lambda v: v, apix=0)),
                                         str(_edit_map(i, t, "half2.mrc", lambda v: v, apix=0)),
                                         "--out", str(t / "fsc")], "bad_half1.mrc"),
+    "fsc --seed -1": lambda i, t: (["fsc", str(i / "half1.mrc"), str(i / "half2.mrc"), "--mask", str(i / "mask.mrc"),
+                                    "--seed", "-1", "--out", str(t / "fsc")], "--seed"),
     # -- filter
     "filter --awf 0": lambda i, t: (["filter", "--half1", str(i / "half1.mrc"), "--half2", str(i / "half2.mrc"),
                                      "--awf", "0", "--out", str(t / "f")], "--awf"),
@@ -239,6 +241,7 @@ CASES = {
                                               "--n-particles"),
     "simulate non-empty output folder": lambda i, t: (["simulate", "--out", str(_nonempty(t))], "not empty"),
     "demo non-empty output folder": lambda i, t: (["demo", "--out", str(_nonempty(t))], "not empty"),
+    "demo odd box": lambda i, t: (["demo", "--box", "33", "--out", str(t / "d")], "--box"),
     "demo --n-particles 10": lambda i, t: (["demo", "--n-particles", "10", "--out", str(t / "d")], "--n-particles"),
 }
 
