@@ -135,7 +135,6 @@ class Refinement:
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)
-        check_images(self.particles)
         p = self.particles
         self.box, self.apix = p.box_px, p.pixel_size_ang
         if self.box % 2 or self.box < MIN_BOX:
@@ -160,6 +159,7 @@ class Refinement:
             raise InputError(f"too few particles: half-sets have {counts[0]} and {counts[1]}; need at least "
                              f"{MIN_PARTICLES_PER_HALF} per half-set")
         self.halves = halves
+        check_images(self.particles)  # last: one pass over the stacks, after the quick checks
         self._create_out_dir()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -376,10 +376,12 @@ class Refinement:
         if it > 1:
             d = geometry.angular_distance_deg(rot, st.rotations)
             change, median_change = float(np.mean(d)), float(np.median(d))
-            frac_large = [float(np.mean(d[st.halves == h] > 2 * steps[h - 1])) for h in (1, 2)]
+            large = d > 2 * np.take(steps, st.halves - 1)  # each particle against its half-set's step
+            frac_large = [float(np.mean(large[st.halves == h])) for h in (1, 2)]
+            frac_all = float(np.mean(large))
         else:  # no previous poses: no pose change (null in the JSON files, "–" in the log)
             change = median_change = None
-            frac_large = [1.0, 1.0]
+            frac_large, frac_all = [1.0, 1.0], 1.0
         searches = ["global" if plans[h][0] else "local" for h in (1, 2)]
         prev_best = min([h["resolution_ang"] for h in st.history], default=np.inf)
         converged_at = st.converged_at
@@ -392,7 +394,7 @@ class Refinement:
         # Joint figures (all particles; the coarser half-set's plan), then each half-set's own.
         entry = {"iteration": it, "resolution_ang": res, "resolution_unmasked_ang": fres.resolution_unmasked_ang,
                  "mean_pose_change_deg": change, "median_pose_change_deg": median_change,
-                 "fraction_large_change": float(np.mean([frac_large[h - 1] for h in st.halves])),
+                 "fraction_large_change": frac_all,
                  "angular_step_deg": max(steps), "search_r_max_px": max(plans[h][2] for h in (1, 2)),
                  "search": "global" if "global" in searches else "local",
                  "resolution_ang_half": own_res, "fraction_large_change_half": frac_large,
