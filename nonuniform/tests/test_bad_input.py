@@ -126,6 +126,12 @@ def _nonempty(tmp):
     return tmp / "out"
 
 
+def _finished_run(inputs, tmp):
+    """A finished 1-iteration refinement in ``tmp/out`` (what a bad --continue must not lose)."""
+    assert cli.main(_refine(inputs, tmp, "--iterations", "1", "--initial-lowpass-ang", "20")) == 0
+    return tmp / "out"
+
+
 def _blocked(tmp):
     (tmp / "a_file").write_text("")
     return tmp / "a_file" / "out"
@@ -190,6 +196,10 @@ CASES = {
     "refine --min-posterior 1": lambda i, t: (_refine(i, t, "--min-posterior", "1"), "--min-posterior"),
     "refine --seed -1": lambda i, t: (_refine(i, t, "--seed", "-1"), "--seed"),
     "refine --threads 0": lambda i, t: (["--threads", "0", *_refine(i, t)], "--threads"),
+    "refine --continue with a bad option": lambda i, t: (
+        _refine(i, t, "--continue", "--awf", "0", out=_finished_run(i, t)), "--awf"),
+    "refine --continue with another particle set": lambda i, t: (
+        _refine(i, t, "--continue", star=_edit_star(i, t, _rows(150)), out=_finished_run(i, t)), "checkpoint"),
     "refine non-empty output folder": lambda i, t: (_refine(i, t, out=_nonempty(t)), "not empty"),
     "refine unwritable output folder": lambda i, t: (_refine(i, t, out=_blocked(t)), "a_file"),
     # -- reconstruct
