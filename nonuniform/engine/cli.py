@@ -210,7 +210,7 @@ def run_demo(args):
 
     require(args.n_particles >= 2 * MIN_PARTICLES_PER_HALF, "--n-particles", args.n_particles,
             f"at least {2 * MIN_PARTICLES_PER_HALF}")
-    require(args.box >= 32, "--box", args.box, "at least 32 px")
+    require(args.box >= 32 and args.box % 2 == 0, "--box", args.box, "even and at least 32 px")
     require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
     check_output_folder(args.out, must_be_empty=True, hint="; give another --out")
     t0 = time.time()

@@ -78,6 +78,7 @@ def run_fsc(args):
     _check_threshold(args.threshold)
     require(args.pixel_size is None or (args.pixel_size > 0 and np.isfinite(args.pixel_size)), "--pixel-size",
             args.pixel_size, "a positive number of Å")
+    require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
     v1, a1 = read_volume(args.map1, "map")
     v2, a2 = read_volume(args.map2, "map")
     _check_same_grid(v1, a1, args.map1, v2, a2, args.map2)

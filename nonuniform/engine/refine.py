@@ -12,6 +12,15 @@ Per iteration and per half-set h (DESIGN §2):
    frequency limit and angular step follow the resolution; stop when the resolution and poses stop
    improving, then extra final passes.
 
+Half-set independence. In ``nonuniform`` mode the two half-set refinements are kept apart, as in
+the NU refinement paper: every decision about half-set h (its alignment frequency limit, angular
+step, global/local switch, the threshold and low-pass of the dynamic mask of its reference) comes
+from h's own data, its resolution being that of its own two folds (:func:`own_resolution`), and
+nothing of the other half reaches it except the frequencies below ``gsfsc_split_ang`` that the
+references share (0 disables even that). The joint gold-standard FSC is reported and decides only
+when the run stops. ``uniform`` mode shares the resolution and the search plan between the halves
+(as RELION).
+
 All state lives in :class:`~.refine_state.State`, checkpointed atomically after every iteration together
 with the maps the outputs are made of (:class:`~.refine_state.IterationMaps`), so ``resume`` continues a
 killed or finished run and gives the result of an uninterrupted one, bit for bit (per-iteration seeds, and
@@ -70,6 +79,17 @@ def search_radius_px(res_ang, box, apix):
     return float(min(box / 2.0, 1.2 * shell + 3))
 
 
+def own_resolution(fold1, fold2, mask, apix, rng):
+    """Resolution (Å) of one half-set from its own two folds alone.
+
+    The mask-corrected FSC of the folds (each a quarter of the data) is brought to half-set size
+    with the Spearman-Brown formula, FSC' = 2 FSC / (1 + FSC) (the FSC of two maps of twice the
+    particles each), then read at 0.143 like the gold-standard FSC.
+    """
+    c = np.clip(fsc.corrected_fsc(fold1, fold2, mask, apix, rng).corrected, -0.99, 1.0)
+    return fsc.resolution_at(2 * c / (1 + c), fold1.shape[0], apix)
+
+
 def join_low_resolution(ref1, ref2, apix, split_ang):
     """Replace both references' frequencies below ``1/split_ang`` by the halves' average."""
     if not split_ang:
@@ -115,7 +135,6 @@ class Refinement:
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
         self.particles = load_particles(particles_star, require_ctf=True)
-        check_images(self.particles)
         p = self.particles
         self.box, self.apix = p.box_px, p.pixel_size_ang
         if self.box % 2 or self.box < MIN_BOX:
@@ -140,6 +159,7 @@ class Refinement:
             raise InputError(f"too few particles: half-sets have {counts[0]} and {counts[1]}; need at least "
                              f"{MIN_PARTICLES_PER_HALF} per half-set")
         self.halves = halves
+        check_images(self.particles)  # last: one pass over the stacks, after the quick checks
         self._create_out_dir()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -212,14 +232,30 @@ class Refinement:
         return State(iteration=0, rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_px=np.zeros((n, 2)),
                      halves=self.halves, folds=folds, references=np.stack([self.ref0, self.ref0]),
                      sigma2=np.zeros((2, self.box // 2 + 1)), resolution_ang=self.cfg.initial_lowpass_ang,
-                     converged_at=0, history=[])
+                     converged_at=0, history=[], half_resolution_ang=np.full(2, self.cfg.initial_lowpass_ang))
 
     # -- one iteration ----------------------------------------------------------------------
 
-    def _search_plan(self, st):
-        """Global or local search, angular step and frequency limit for the coming iteration."""
+    @property
+    def _independent(self):
+        """NU mode keeps the half-sets' refinements independent: every decision about half-set h
+        (search plan, masks) comes from h's own data. Uniform mode shares them, as RELION."""
+        return self.cfg.mode == "nonuniform"
+
+    def _own(self, st, h, key):
+        """What half-set ``h`` knows of ``key`` after the last iteration: its own value (``<key>_half``)
+        in NU mode, else (or in checkpoints without it) the joint one."""
+        if key == "resolution_ang":
+            own = st.half_resolution_ang
+            return float(own[h - 1]) if self._independent and own is not None else st.resolution_ang
+        last = st.history[-1]
+        return last[key + "_half"][h - 1] if self._independent and key + "_half" in last else last[key]
+
+    def _search_plan(self, st, h):
+        """Global or local search, angular step and frequency limit of half-set ``h`` for the coming
+        iteration."""
         cfg = self.cfg
-        res = st.resolution_ang
+        res = self._own(st, h, "resolution_ang")
         step = max(cfg.min_step_deg, step_for_resolution(res, cfg.diameter_ang) / 2)
         r_max = search_radius_px(res, self.box, self.apix)
         # Global searches (as cryoSPARC) until the poses settle: at least a few iterations, then
@@ -228,22 +264,21 @@ class Refinement:
         if st.iteration < cfg.min_global_iterations or not st.history:
             glob_ = True
         else:
-            last = st.history[-1]
-            glob_ = (last["search"] == "global" and st.iteration < cfg.max_global_iterations
-                     and last["fraction_large_change"] > 0.15)
+            glob_ = (self._own(st, h, "search") == "global" and st.iteration < cfg.max_global_iterations
+                     and self._own(st, h, "fraction_large_change") > 0.15)
         return glob_, step, r_max
 
-    def _e_and_m_step(self, st, it):
-        """Pose search + backprojection for both halves: new poses, fold accumulators, noise model."""
-        plan = self._search_plan(st)
-        rng = np.random.default_rng([self.cfg.seed, it, 7])
+    def _e_and_m_step(self, st, it, plans):
+        """Pose search + backprojection of both halves (``plans[h]``: h's search plan): new poses, fold
+        accumulators, noise model."""
         rot, shift = st.rotations.copy(), st.shifts_px.copy()
         pmax, n_poses = np.ones(len(rot)), np.ones(len(rot), np.int64)
         accum, sigma2 = {}, np.zeros_like(st.sigma2)
         for h in (1, 2):
             idx = np.flatnonzero(st.halves == h)
+            rng = np.random.default_rng([self.cfg.seed, it, 7, h])
             r = align_and_backproject(self.particles, idx, st.folds[idx], st.references[h - 1], st.sigma2[h - 1],
-                                      self.cfg, plan, rng, self.sym_ops, prev_rotations=st.rotations[idx],
+                                      self.cfg, plans[h], rng, self.sym_ops, prev_rotations=st.rotations[idx],
                                       prev_shifts_px=st.shifts_px[idx])
             rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
             accum[h], sigma2[h - 1] = r.folds, r.sigma2
@@ -263,12 +298,14 @@ class Refinement:
                             lowpass_ang=max(res_ang, 2.5 * self.apix))
         return (m * self.sphere).astype(np.float32)
 
-    def _regularize(self, bp, folds, half_map, fsc_curve_half):
+    def _regularize(self, bp, folds, half_map, fsc_curve_half, mask, rng):
         """Reference of one half-set for the next iteration (uniform or NU).
 
         ``folds`` are the half-set's two Hermitian-completed (data, weight) accumulators and
         ``half_map`` its raw (unregularized) reconstruction; ``bp`` provides the grid geometry.
-        Returns the reference and, in NU mode, the cutoff map (else None).
+        Returns the reference and, in NU mode, the cutoff map and the half-set's own resolution
+        (:func:`own_resolution` of its folds in its own ``mask``; phase randomization from ``rng``),
+        else None and None.
         """
         cfg = self.cfg
         (d1, w1), (d2, w2) = folds
@@ -279,12 +316,12 @@ class Refinement:
                 np.maximum(np.bincount(sh, minlength=n_sh + 1)[:n_sh], 1)
             f = np.clip(fsc_curve_half, 1e-3, 0.999)
             tau2 = f / (1 - f) / np.maximum(wmean, 1e-30)  # RELION: τ² = SSNR / mean weight
-            return bp.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2), None
+            return bp.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2), None, None
         q1 = bp.reconstruct(data=d1, weight=w1)
         q2 = bp.reconstruct(data=d2, weight=w2)
         r = nu_filter(q1, q2, half_map=half_map, pixel_size_ang=self.apix, awf=cfg.awf, order=cfg.nu_order,
                       n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
-        return r.filtered, r.cutoff_ang
+        return r.filtered, r.cutoff_ang, own_resolution(q1, q2, mask, self.apix, rng)
 
     def run(self, resume=False):
         cfg = self.cfg
@@ -310,7 +347,8 @@ class Refinement:
         cfg = self.cfg
         it = st.iteration + 1
         t0 = time.time()
-        rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it)
+        plans = {h: self._search_plan(st, h) for h in (1, 2)}
+        rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it, plans)
         stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
         halves_raw, folds = {}, {}
         for h in (1, 2):
@@ -321,42 +359,55 @@ class Refinement:
         mask = self._masks(avg, st.resolution_ang)
         fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))
         res = fres.resolution_corrected_ang
-        refs, extras = [], {}
+        refs, extras, own_res = [], {}, []
         for h in (1, 2):
-            ref, cutoff = self._regularize(accum[h][0], folds[h], halves_raw[h], fres.corrected)
             # Each reference is masked with a mask made from its own half-map (gold-standard: in NU
             # mode nothing of the other half reaches it, apart from the joined low frequencies).
-            refs.append(ref * self._masks(halves_raw[h], st.resolution_ang))
+            own_mask = self._masks(halves_raw[h], self._own(st, h, "resolution_ang"))
+            ref, cutoff, res_h = self._regularize(accum[h][0], folds[h], halves_raw[h], fres.corrected, own_mask,
+                                                  np.random.default_rng([cfg.seed, it, h]))
+            refs.append(ref * own_mask)
+            own_res.append(res if res_h is None else res_h)
             if cutoff is not None:
                 extras[f"cutoff_half{h}"] = cutoff
             kill_point("regularize", it)
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
-        glob_, step, r_max = self._search_plan(st)
+        steps = [plans[h][1] for h in (1, 2)]
         if it > 1:
             d = geometry.angular_distance_deg(rot, st.rotations)
-            change, median_change, frac_large = float(np.mean(d)), float(np.median(d)), float(np.mean(d > 2 * step))
+            change, median_change = float(np.mean(d)), float(np.median(d))
+            large = d > 2 * np.take(steps, st.halves - 1)  # each particle against its half-set's step
+            frac_large = [float(np.mean(large[st.halves == h])) for h in (1, 2)]
+            frac_all = float(np.mean(large))
         else:  # no previous poses: no pose change (null in the JSON files, "–" in the log)
             change = median_change = None
-            frac_large = 1.0
+            frac_large, frac_all = [1.0, 1.0], 1.0
+        searches = ["global" if plans[h][0] else "local" for h in (1, 2)]
         prev_best = min([h["resolution_ang"] for h in st.history], default=np.inf)
         converged_at = st.converged_at
         # Converged (RELION's criteria): local searches, no resolution gain over the best so far,
         # and poses stable (median change below one angular step).
-        if (not converged_at and not glob_ and res >= prev_best - 1e-6 and median_change is not None
-                and median_change <= step):
+        if (not converged_at and searches == ["local", "local"] and res >= prev_best - 1e-6
+                and median_change is not None and median_change <= max(steps)):
             converged_at = it
         dt = time.time() - t0
+        # Joint figures (all particles; the coarser half-set's plan), then each half-set's own.
         entry = {"iteration": it, "resolution_ang": res, "resolution_unmasked_ang": fres.resolution_unmasked_ang,
                  "mean_pose_change_deg": change, "median_pose_change_deg": median_change,
-                 "fraction_large_change": frac_large,
-                 "angular_step_deg": step, "search_r_max_px": r_max, "search": "global" if glob_ else "local",
-                 **stats, "seconds": dt}
-        logger.info("iteration %d: %.2f Å, mean pose change %s (median %s), %s search at %.2f°, %.0f s",
-                    it, res, _degrees(change), _degrees(median_change), entry["search"], step, dt)
+                 "fraction_large_change": frac_all,
+                 "angular_step_deg": max(steps), "search_r_max_px": max(plans[h][2] for h in (1, 2)),
+                 "search": "global" if "global" in searches else "local",
+                 "resolution_ang_half": own_res, "fraction_large_change_half": frac_large,
+                 "angular_step_deg_half": steps, "search_r_max_px_half": [plans[h][2] for h in (1, 2)],
+                 "search_half": searches, **stats, "seconds": dt}
+        logger.info("iteration %d: %.2f Å, mean pose change %s (median %s), %s search at %s, %.0f s",
+                    it, res, _degrees(change), _degrees(median_change), "/".join(dict.fromkeys(searches)),
+                    "/".join(dict.fromkeys(f"{x:.2f}°" for x in steps)), dt)
         maps = IterationMaps(halves=halves_raw, mask=mask, fsc=fres, extras=extras)
         return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
                      references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
-                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses), maps
+                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses,
+                     half_resolution_ang=np.array(own_res)), maps
 
     # -- outputs ----------------------------------------------------------------------------
 

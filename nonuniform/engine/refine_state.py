@@ -124,6 +124,7 @@ class State:
     history: list
     pmax: np.ndarray | None = None  # (n,) largest posterior probability of each particle's poses
     n_poses: np.ndarray | None = None  # (n,) number of poses it was backprojected at
+    half_resolution_ang: np.ndarray | None = None  # (2,) each half-set's own resolution (NU mode: from its folds)
 
 
 @dataclasses.dataclass
@@ -204,7 +205,8 @@ def save_checkpoint(out_dir, st, maps):
         np.savez(f, iteration=it, rotations=st.rotations, shifts_px=st.shifts_px,
                  halves=st.halves, folds=st.folds, references=st.references, sigma2=st.sigma2,
                  resolution_ang=st.resolution_ang, converged_at=st.converged_at,
-                 **({} if st.pmax is None else {"pmax": st.pmax, "n_poses": st.n_poses}))
+                 **({} if st.pmax is None else {"pmax": st.pmax, "n_poses": st.n_poses}),
+                 **({} if st.half_resolution_ang is None else {"half_resolution_ang": st.half_resolution_ang}))
     for old, path in checkpoint_files(out_dir, "_maps.npz"):
         if old < it:
             os.remove(path)
@@ -242,4 +244,5 @@ def load_checkpoint(out_dir, n_particles):
                  halves=z["halves"], folds=z["folds"], references=z["references"], sigma2=z["sigma2"],
                  resolution_ang=float(z["resolution_ang"]), converged_at=int(z["converged_at"]),
                  history=history, pmax=z["pmax"] if "pmax" in z.files else None,
-                 n_poses=z["n_poses"] if "n_poses" in z.files else None)
+                 n_poses=z["n_poses"] if "n_poses" in z.files else None,
+                 half_resolution_ang=z["half_resolution_ang"] if "half_resolution_ang" in z.files else None)

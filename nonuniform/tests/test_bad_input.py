@@ -126,6 +126,12 @@ def _nonempty(tmp):
     return tmp / "out"
 
 
+def _finished_run(inputs, tmp):
+    """A finished 1-iteration refinement in ``tmp/out`` (what a bad --continue must not lose)."""
+    assert cli.main(_refine(inputs, tmp, "--iterations", "1", "--initial-lowpass-ang", "20")) == 0
+    return tmp / "out"
+
+
 def _blocked(tmp):
     (tmp / "a_file").write_text("")
     return tmp / "a_file" / "out"
@@ -190,6 +196,10 @@ CASES = {
     "refine --min-posterior 1": lambda i, t: (_refine(i, t, "--min-posterior", "1"), "--min-posterior"),
     "refine --seed -1": lambda i, t: (_refine(i, t, "--seed", "-1"), "--seed"),
     "refine --threads 0": lambda i, t: (["--threads", "0", *_refine(i, t)], "--threads"),
+    "refine --continue with a bad option": lambda i, t: (
+        _refine(i, t, "--continue", "--awf", "0", out=_finished_run(i, t)), "--awf"),
+    "refine --continue with another particle set": lambda i, t: (
+        _refine(i, t, "--continue", star=_edit_star(i, t, _rows(150)), out=_finished_run(i, t)), "checkpoint"),
     "refine non-empty output folder": lambda i, t: (_refine(i, t, out=_nonempty(t)), "not empty"),
     "refine unwritable output folder": lambda i, t: (_refine(i, t, out=_blocked(t)), "a_file"),
     # -- reconstruct
@@ -214,6 +224,8 @@ CASES = {
     "fsc no pixel size": lambda i, t: (["fsc", str(_edit_map(i, t, "half1.mrc", lambda v: v, apix=0)),
                                         str(_edit_map(i, t, "half2.mrc", lambda v: v, apix=0)),
                                         "--out", str(t / "fsc")], "bad_half1.mrc"),
+    "fsc --seed -1": lambda i, t: (["fsc", str(i / "half1.mrc"), str(i / "half2.mrc"), "--mask", str(i / "mask.mrc"),
+                                    "--seed", "-1", "--out", str(t / "fsc")], "--seed"),
     # -- filter
     "filter --awf 0": lambda i, t: (["filter", "--half1", str(i / "half1.mrc"), "--half2", str(i / "half2.mrc"),
                                      "--awf", "0", "--out", str(t / "f")], "--awf"),
@@ -239,6 +251,7 @@ CASES = {
                                               "--n-particles"),
     "simulate non-empty output folder": lambda i, t: (["simulate", "--out", str(_nonempty(t))], "not empty"),
     "demo non-empty output folder": lambda i, t: (["demo", "--out", str(_nonempty(t))], "not empty"),
+    "demo odd box": lambda i, t: (["demo", "--box", "33", "--out", str(t / "d")], "--box"),
     "demo --n-particles 10": lambda i, t: (["demo", "--n-particles", "10", "--out", str(t / "d")], "--n-particles"),
 }
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from nonuniform.engine import geometry, io, phantoms, simulate
 from nonuniform.engine.demo import evaluate_run, run_demo
@@ -37,24 +38,35 @@ def test_evaluate_run_reports_turned_frame(tmp_path):
     assert "map_nu_vs_truth_fsc05_ang" not in ev
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    # Smallest demo that runs every step: 300 membrane-like particles, box 32, two iterations per
-    # mode. Far too small to orient the images from the 30 Å start (a 77 Å particle: see
-    # refine.MIN_START_ELEMENTS), so this checks the report, not the science (benchmarks/bench_nu.py).
-    report = run_demo(str(tmp_path), n_particles=300, box=32, pixel_size_ang=3.0, snr=0.5, seed=2,
-                      max_iterations=2)
+    # Smallest demo whose refinements work: 300 membrane-like particles at SNR 1, box 48 at 3 Å/px
+    # (a 115 Å particle: 3.8 resolution elements from the 30 Å start, see refine.MIN_START_ELEMENTS),
+    # three iterations per mode; about 35 s on 2 cores.
+    report = run_demo(str(tmp_path), n_particles=300, box=48, pixel_size_ang=3.0, snr=1.0, seed=2,
+                      max_iterations=3)
     for name in ("report.json", "report.md", "fsc_vs_truth.png", "data/particles.star", "data/truth.mrc",
                  "uniform/map.mrc", "nonuniform/map_nu.mrc"):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
-    assert (report["n_particles"], report["box"], report["snr"]) == (300, 32, 0.5)
+    assert (report["n_particles"], report["box"], report["snr"]) == (300, 48, 1.0)
+    # Bounds from seeds 2, 3 and 4 of this set-up (measured): median angular error 5.0-11.3°, frame
+    # rotation <= 2.3°, map vs truth at FSC 0.5 7.7-8.2 Å, gold-standard 6.2-7.0 Å (Nyquist 6 Å),
+    # NU-filtered map 6.6-7.0 Å, always 0.8 Å or more better than the unfiltered one. A refinement
+    # that does not orient the images (box 32 at 3-4 Å/px, seed 2: measured) ends at median errors
+    # of 58-71° and maps at 15-17 Å, far outside.
     for mode in ("uniform", "nonuniform"):
         ev = report["runs"][mode]
-        assert ev["iterations"] == 2 and ev["wall_seconds"] > 0
-        assert 0 <= ev["median_angular_error_deg"] <= 180 and 0 <= ev["frame_rotation_deg"] <= 180
-        # Resolutions between Nyquist (6 Å) and the box (96 Å).
-        assert 6.0 <= ev["map_vs_truth_fsc05_ang"] <= 96.0 and 6.0 <= ev["gold_standard_resolution_ang"] <= 96.0
-    assert "map_nu_vs_truth_fsc05_ang" in report["runs"]["nonuniform"]
+        assert ev["iterations"] == 3 and ev["wall_seconds"] > 0
+        assert ev["median_angular_error_deg"] < 20, (mode, ev)
+        assert ev["frame_rotation_deg"] < 5, (mode, ev)
+        assert 6.0 <= ev["map_vs_truth_fsc05_ang"] < 10.0, (mode, ev)
+        assert 6.0 <= ev["gold_standard_resolution_ang"] < 9.0, (mode, ev)
+    nu, uni = report["runs"]["nonuniform"], report["runs"]["uniform"]
+    assert nu["map_nu_vs_truth_fsc05_ang"] < nu["map_vs_truth_fsc05_ang"] - 0.3, nu
+    # NU refinement beats uniform against the truth: its NU-filtered map vs the uniform run's map
+    # (what each mode hands the user) was 1.15-1.63 Å better over seeds 2-4; 0.5 Å is required.
+    assert nu["map_nu_vs_truth_fsc05_ang"] < uni["map_vs_truth_fsc05_ang"] - 0.5, (nu, uni)
     assert "map_nu_vs_truth_fsc05_ang" not in report["runs"]["uniform"]
     md = (tmp_path / "report.md").read_text()
     assert "map frame aligned" in md and "| uniform | nonuniform |" in md

@@ -130,31 +130,54 @@ def test_refine_bad_input(tiny, tmp_path, caplog):
         assert len(msgs) == 1 and culprit in msgs[0], msgs
 
 
-def test_nu_half_sets_stay_independent(tiny, tmp_path):
-    """Perturbing half-set 2's images leaves half-set 1's map and NU reference bit-identical."""
+def _perturb_half(tiny, folder, half):
+    """A copy of ``tiny`` whose half-set ``half`` images carry extra noise (as strong as the images);
+    returns the folder and the mask of the perturbed particles."""
     import shutil
 
     from nonuniform.engine import particles
 
-    bad = tmp_path / "perturbed"
-    bad.mkdir()
+    folder.mkdir()
     for name in ("particles.star", "particles.mrcs", "truth.mrc"):
-        shutil.copy(tiny / name, bad / name)
-    p = particles.load_particles(str(bad / "particles.star"))
-    imgs, apix = io.read_mrc(str(bad / "particles.mrcs"))
+        shutil.copy(tiny / name, folder / name)
+    p = particles.load_particles(str(folder / "particles.star"))
+    imgs, apix = io.read_mrc(str(folder / "particles.mrcs"))
     rng = np.random.default_rng(0)
-    two = p.random_subset == 2
-    imgs[two] += rng.normal(0, imgs.std(), imgs[two].shape).astype(np.float32)
-    io.write_stack(str(bad / "particles.mrcs"), imgs, apix)
-    states = []
+    hit = p.random_subset == half
+    imgs[hit] += rng.normal(0, imgs.std(), imgs[hit].shape).astype(np.float32)
+    io.write_stack(str(folder / "particles.mrcs"), imgs, apix)
+    return folder, hit
+
+
+@pytest.mark.parametrize("perturbed", [2, 1])
+def test_nu_half_sets_stay_independent(tiny, tmp_path, perturbed):
+    """NU mode, join disabled: perturbing one half-set's images leaves the other's poses, raw map,
+    cutoff map and masked reference bit-identical in every iteration (each half's search plan,
+    masks and seeds come from its own data), while the perturbed half-set does change."""
+    bad, hit = _perturb_half(tiny, tmp_path / "perturbed", perturbed)
+    kept = 3 - perturbed  # the other half-set
+    other = ~hit
+    runs = []
     for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
-        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=1)
+        # Three iterations: the first with the initial plan, then plans from each half's own results.
+        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=3,
+                           min_global_iterations=1, initial_lowpass_ang=20)
         r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
-        st, maps = r.iterate(r._initial_state())
-        states.append((st, maps.halves))
-    (sa, ha), (sb, hb) = states
-    assert np.array_equal(ha[1], hb[1]) and np.array_equal(sa.references[0], sb.references[0])
-    assert not np.array_equal(sa.references[1], sb.references[1])  # the perturbation did reach half 2
+        st, per_iteration = r._initial_state(), []
+        for _ in range(3):
+            st, maps = r.iterate(st)
+            per_iteration.append((st, maps))
+        runs.append(per_iteration)
+    k = kept - 1
+    for it, ((sa, ma), (sb, mb)) in enumerate(zip(*runs), start=1):
+        assert np.array_equal(sa.rotations[other], sb.rotations[other]), it
+        assert np.array_equal(sa.shifts_px[other], sb.shifts_px[other]), it
+        assert np.array_equal(ma.halves[kept], mb.halves[kept]), it
+        assert np.array_equal(ma.extras[f"cutoff_half{kept}"], mb.extras[f"cutoff_half{kept}"]), it
+        assert np.array_equal(sa.references[k], sb.references[k]), it
+        assert sa.half_resolution_ang[k] == sb.half_resolution_ang[k], it
+        # the perturbation did reach the perturbed half-set
+        assert not np.array_equal(sa.references[1 - k], sb.references[1 - k]), it
 
 
 def test_marginalization_over_top_poses(tiny, tmp_path):

@@ -81,10 +81,11 @@ def test_iteration_fsc_curves_checkpointed(reference_run):
     assert all((final[k] == last[k]).all() for k in final)
 
 
-# (kill point, iteration): during the E-step (between the two half-sets' pose searches), during the
-# regularization (between the halves), while writing a checkpoint (maps written, state not yet),
-# after the last iteration's checkpoint (before any output), and half-way through the outputs.
-KILL_POINTS = ["estep:2", "regularize:1", "checkpoint:2", "outputs_start:2", "outputs:2"]
+# (kill point, iteration): during the E-step (between the two half-sets' pose searches; in
+# iteration 1 before any checkpoint exists), during the regularization (between the halves), while
+# writing a checkpoint (maps written, state not yet), after the last iteration's checkpoint (before
+# any output), and half-way through the outputs.
+KILL_POINTS = ["estep:1", "estep:2", "regularize:1", "checkpoint:2", "outputs_start:2", "outputs:2"]
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
