@@ -1,1 +1,6 @@
 """Scipion viewers of the nonuniform plugin (each one imported here for discovery)."""
+
+from .viewer_local_filter import NonUniformLocalFilterViewer
+from .viewer_refine import NonUniformRefineViewer
+
+__all__ = ["NonUniformRefineViewer", "NonUniformLocalFilterViewer"]
