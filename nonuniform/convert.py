@@ -361,11 +361,17 @@ def readFscTable(csvFile):
     return read_fsc_csv(csvFile)
 
 
+def engineFscSeed(seed, iteration):
+    """Seed of the random phases of the gold-standard FSC of refinement ``iteration`` (the engine
+    seeds them with ``[seed, iteration]``; :func:`writeCorrectedFsc` with it reproduces that FSC)."""
+    return [int(seed), int(iteration)]
+
+
 def writeCorrectedFsc(map1File, map2File, maskFile, pixelSizeA, csvFile, threshold=0.143, seed=0):
     """Masked, phase-randomization-corrected FSC of two maps, written as the engine's FSC CSV.
 
     The engine's ``corrected_fsc`` (the one a refinement reports) with the phase randomization
-    seeded by ``seed``.
+    seeded by ``seed`` (an int or a sequence of ints, as ``numpy.random.default_rng`` takes).
 
     Returns
     -------

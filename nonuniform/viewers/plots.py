@@ -125,7 +125,7 @@ def plot_fsc_iterations(iterations, curves, resolutions_ang, threshold=0.143, fi
     resolutions_ang : list of float
         Per iteration, the resolution the engine reported.
     """
-    from matplotlib import cm
+    from matplotlib import cm, colormaps
     from matplotlib.colors import Normalize
 
     fig = _figure(fig, (7.0, 4.8))
@@ -133,7 +133,7 @@ def plot_fsc_iterations(iterations, curves, resolutions_ang, threshold=0.143, fi
     nyquist = max(float(np.max(f)) for f, _ in curves)
     _fsc_axes(ax, nyquist, threshold, "Gold-standard FSC (mask-corrected) at each iteration")
     norm = Normalize(vmin=min(iterations) - 0.5, vmax=max(iterations))
-    cmap = cm.get_cmap("viridis_r")
+    cmap = colormaps["viridis_r"]
     few = len(iterations) <= 8
     for it, (freq, fsc), res in zip(iterations, curves, resolutions_ang):
         last = it == max(iterations)
@@ -264,10 +264,10 @@ def plot_pose_changes(series, title="Change of particle poses", fig=None, path_p
     shift_edges = np.linspace(-half, half, 42)  # an odd count of bins: one is centred on 0
     for label, angle, shift in series:
         angle, shift = np.asarray(angle), np.asarray(shift).reshape(-1, 2)
-        ax1.hist(angle, bins=angle_edges, histtype="step", lw=1.5,
-                 label=f"{label} (median {np.median(angle):.2f}°, n = {angle.size})")
-        ax2.hist(shift.ravel(), bins=shift_edges, histtype="step", lw=1.5,
-                 label=f"{label} (median |Δ| {np.median(np.hypot(*shift.T)):.2f} Å)")
+        ax1.stairs(np.histogram(angle, bins=angle_edges)[0], angle_edges, lw=1.5,
+                   label=f"{label} (median {np.median(angle):.2f}°, n = {angle.size})")
+        ax2.stairs(np.histogram(shift.ravel(), bins=shift_edges)[0], shift_edges, lw=1.5,
+                   label=f"{label} (median |Δ| {np.median(np.hypot(*shift.T)):.2f} Å)")
     ax1.set_xlabel("change of orientation (degrees)")
     ax1.set_ylabel("particles")
     ax1.set_title("Orientation", fontsize="medium")
