@@ -6,6 +6,7 @@ as a PNG, and what it shows is checked against the files the engine wrote.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -243,3 +244,15 @@ def test_plot_functions_write_pngs_headless(tmp_path):
     for name in ("angles.png", "fsc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_readme_shows_a_picture_of_every_view():
+    """Each view of the three viewers has its picture in docs/, and README.rst shows them all."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.rst"), encoding="utf-8") as f:
+        readme = f.read()
+    shown = set(re.findall(r"image:: (docs/viewer_\w+\.png)", readme))
+    on_disk = {f"docs/{name}" for name in os.listdir(os.path.join(root, "docs")) if name.startswith("viewer_")}
+    assert shown == {name for name in on_disk if name.endswith(".png")}
+    # One picture per plot of each viewer (the ChimeraX and Scipion-FSC views are not plots).
+    assert len(shown) == 15

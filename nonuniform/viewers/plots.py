@@ -238,10 +238,13 @@ def plot_angular_distribution(rot_deg, tilt_deg, title="Angular distribution of 
                  label="particles per direction bin (empty bins white)")
     ax.set_xlabel("rot (longitude, degrees)")
     ax.set_ylabel("90° − tilt (latitude)")
+    ax.set_xticks(np.deg2rad([-120, -60, 0, 60, 120]))
     ax.tick_params(labelsize="x-small")
+    for label in ax.get_xticklabels():  # readable over the cells
+        label.set_bbox({"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
     ax.grid(alpha=0.4)
-    ax.set_title(f"{title}\n{int(counts.sum())} particles, {np.count_nonzero(counts)} of {counts.size} "
-                 f"directions seen", fontsize="medium", pad=16)
+    fig.suptitle(f"{title}\n{int(counts.sum())} particles, {np.count_nonzero(counts)} of {counts.size} "
+                 f"directions seen", fontsize="medium")
     return _finish(fig, path_png, "Each cell is one of equal-area patches of the sphere of viewing "
                                   "directions; gaps or a few dominant cells mean preferred orientation.")
 
@@ -359,7 +362,7 @@ def plot_histogram(counts, edges, xlabel, title, median=None, ylabel="voxels", f
 
 def plot_table(header, rows, title, note=None, fig=None, path_png=None):
     """A table of text cells (e.g. resolutions of several refinements)."""
-    fig = _figure(fig, (min(12.0, 1.6 * len(header) + 1.5), 1.2 + 0.4 * len(rows)))
+    fig = _figure(fig, (min(12.0, 1.2 * len(header) + 1.0), 1.6 + 0.35 * len(rows)))
     ax = fig.add_subplot(1, 1, 1)
     ax.axis("off")
     table = ax.table(cellText=[[str(c) for c in r] for r in rows], colLabels=header, loc="center",
