@@ -328,3 +328,111 @@ def gpuProblem():
     except Exception as exc:  # no driver / no device: cupy raises CUDARuntimeError
         return f"no usable CUDA device ({exc})"
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# results for the viewers and the comparison of refinements
+
+
+class Poses:
+    """Poses of a particle set: ``ids`` (n,), ``rotations`` (n, 3, 3) RELION matrices, in-plane
+    ``shifts_ang`` (n, 2) (RELION origin x, y in Å), and the Euler ``rot_deg``, ``tilt_deg`` (n,)."""
+
+    def __init__(self, ids, rot_deg, tilt_deg, psi_deg, shifts_ang):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.rot_deg = np.asarray(rot_deg, dtype=np.float64)
+        self.tilt_deg = np.asarray(tilt_deg, dtype=np.float64)
+        self.rotations = geometry.euler_to_matrix(self.rot_deg, self.tilt_deg, psi_deg).reshape(-1, 3, 3)
+        self.shifts_ang = np.asarray(shifts_ang, dtype=np.float64).reshape(-1, 2)
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def posesFromStar(starFile):
+    """:class:`Poses` of a RELION 3.1 particles STAR file (ids from ``rlnImageId``, else 1..n).
+
+    Raises InputError when the file has no angles (particles without poses).
+    """
+    blocks = star.read_star(starFile)
+    table = blocks.get("particles")
+    if table is None or "rlnAngleRot" not in table:
+        raise InputError(f"{starFile}: no particle poses (rlnAngleRot ...)")
+    n = len(table["rlnAngleRot"])
+    ids = table["rlnImageId"] if "rlnImageId" in table else np.arange(1, n + 1)
+    shifts = [table[c] if c in table else np.zeros(n) for c in ("rlnOriginXAngst", "rlnOriginYAngst")]
+    return Poses(ids, table["rlnAngleRot"], table["rlnAngleTilt"], table["rlnAnglePsi"], np.stack(shifts, axis=1))
+
+
+def posesFromSet(partSet):
+    """:class:`Poses` of the enabled items of an ``ALIGN_PROJ`` SetOfParticles, ids = ``objId``."""
+    apix = float(partSet.getSamplingRate())
+    ids, rows = [], []
+    for p in partSet.iterItems(orderBy="id"):
+        if p.isEnabled():
+            ids.append(p.getObjId())
+            rows.append(geometryFromMatrix(p.getTransform().getMatrix()))
+    rot, tilt, psi, ox, oy = np.array(rows, dtype=np.float64).reshape(-1, 5).T
+    return Poses(ids, rot, tilt, psi, np.stack([ox, oy], axis=1) * apix)
+
+
+def poseChanges(first, second):
+    """Change of pose of each particle present in both :class:`Poses` (matched by id).
+
+    Returns
+    -------
+    ids : (m,) int array
+    angle_deg : (m,) array
+        Angle of the rotation between the two orientations (0 to 180°).
+    shift_ang : (m, 2) array
+        ``second`` minus ``first`` in-plane shift, in Å.
+    """
+    ids, i1, i2 = np.intersect1d(first.ids, second.ids, return_indices=True)
+    angle = geometry.angular_distance_deg(first.rotations[i1], second.rotations[i2])
+    return ids, angle, second.shifts_ang[i2] - first.shifts_ang[i1]
+
+
+def readMap(filename):
+    """``(map, pixel size in Å)`` of an MRC file (a Scipion ``:mrc`` suffix is allowed)."""
+    from .engine.io import read_mrc
+
+    return read_mrc(_plainFileName(filename))
+
+
+def readFscTable(csvFile):
+    """Columns (dict of arrays: ``freq_inv_ang``, ``fsc_corrected``...) and ``# key=value``
+    metadata (resolutions in Å as text) of an FSC file written by the engine."""
+    from .engine.fsc import read_fsc_csv
+
+    return read_fsc_csv(csvFile)
+
+
+def engineFscSeed(seed, iteration):
+    """Seed of the random phases of the gold-standard FSC of refinement ``iteration`` (the engine
+    seeds them with ``[seed, iteration]``; :func:`writeCorrectedFsc` with it reproduces that FSC)."""
+    return [int(seed), int(iteration)]
+
+
+def writeCorrectedFsc(map1File, map2File, maskFile, pixelSizeA, csvFile, threshold=0.143, seed=0):
+    """Masked, phase-randomization-corrected FSC of two maps, written as the engine's FSC CSV.
+
+    The engine's ``corrected_fsc`` (the one a refinement reports) with the phase randomization
+    seeded by ``seed`` (an int or a sequence of ints, as ``numpy.random.default_rng`` takes).
+
+    Returns
+    -------
+    resolutions : dict
+        Resolution in Å at ``threshold`` of ``fsc_unmasked``, ``fsc_masked``, ``fsc_corrected``.
+    warnings : tuple of str
+        The engine's sanity checks that failed (mask too sharp...).
+    """
+    from .engine.fsc import corrected_fsc
+    from .engine.io import read_mask, read_volume
+    from .engine.refine_state import write_iteration_fsc
+
+    v1, _ = read_volume(_plainFileName(map1File))
+    v2, _ = read_volume(_plainFileName(map2File))
+    mask, _ = read_mask(_plainFileName(maskFile))
+    res = corrected_fsc(v1, v2, mask, pixelSizeA, np.random.default_rng(seed), threshold=threshold)
+    write_iteration_fsc(csvFile, res)
+    return res.resolutions_ang(), res.warnings

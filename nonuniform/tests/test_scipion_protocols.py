@@ -318,7 +318,8 @@ class TestNonUniformProtocols(BaseTest):
         walk(tree, [])
         self.assertEqual(places, {("ProtNonUniformRefine3D", "3D/Refine"),
                                   ("ProtNonUniformLocalFilter", "3D/Analysis/Resolution"),
-                                  ("ProtNonUniformLocalFilter", "3D/Postprocess")})
+                                  ("ProtNonUniformLocalFilter", "3D/Postprocess"),
+                                  ("ProtNonUniformCompareRefinements", "3D/Analysis")})
         plugin = pwem.Domain.getPlugin("nonuniform")
         self.assertTrue(os.path.exists(os.path.join(os.path.dirname(plugin.__file__), plugin._logo)))
         # The Citations tab resolves every key through bibtex.py.
