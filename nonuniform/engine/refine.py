@@ -331,7 +331,6 @@ class Refinement:
             self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
-        t_start = time.time()
         while True:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
             if done or st.iteration >= cfg.max_iterations:
@@ -339,7 +338,7 @@ class Refinement:
             st, maps = self.iterate(st)
             save_checkpoint(self.out, st, maps)
         kill_point("outputs_start", st.iteration)
-        self.write_outputs(st, time.time() - t_start)
+        self.write_outputs(st)
         return st
 
     def iterate(self, st):
@@ -420,7 +419,7 @@ class Refinement:
                    {"version": __version__, "argv": sys.argv, "particles": self.particles.star_path,
                     **dataclasses.asdict(self.cfg)})
 
-    def write_outputs(self, st, seconds):
+    def write_outputs(self, st):
         """Write the outputs of the checkpointed iteration ``st.iteration`` (from its checkpoint only)."""
         out, apix = self.out, self.apix
         maps = load_maps(out, st.iteration)
@@ -462,7 +461,9 @@ class Refinement:
                                                                    "rlnNrOfSignificantSamples": st.n_poses})
         summary = {"resolution_ang": fres.resolution_corrected_ang,
                    "resolution_unmasked_ang": fres.resolution_unmasked_ang,
-                   "bfactor_ang2": bfac, "iterations": st.iteration, "wall_seconds": seconds,
+                   "bfactor_ang2": bfac, "iterations": st.iteration,
+                   # the iterations' time, summed over every session of a resumed run
+                   "wall_seconds": sum(h["seconds"] for h in st.history),
                    "mode": self.cfg.mode, "n_particles": len(self.particles), "history": st.history}
         write_json(os.path.join(out, "summary.json"), summary)
         logger.info("final resolution %.2f Å after %d iterations -> %s", fres.resolution_corrected_ang,

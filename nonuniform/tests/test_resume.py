@@ -57,6 +57,9 @@ def test_continue_finished_run_changes_nothing(reference_run, tiny_sim, tmp_path
     for name in EXACT:
         assert (out / name).read_bytes() == before[name], name
     assert_same_outputs(reference_run, out)
+    # The run's time counts its iterations, not the few seconds of the session that continued it.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_seconds"] == sum(h["seconds"] for h in summary["history"]) > 0
 
 
 def test_json_outputs_are_strict(reference_run):
