@@ -43,7 +43,7 @@ from .io import check_output_folder, make_output_folder, read_mask, read_volume,
 from .particles import check_images, load_particles, save_particles
 from .pipeline import half_set_labels
 from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
-                           load_maps, save_checkpoint, write_iteration_fsc)
+                           load_maps, remove_checkpoints, save_checkpoint, write_iteration_fsc)
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ class Refinement:
         st = load_checkpoint(self.out, len(self.particles)) if resume else None
         if st is None:
             st = self._initial_state()
+            remove_checkpoints(self.out)  # an earlier run's (--overwrite): never resumed from by mistake
             self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)

@@ -62,6 +62,19 @@ def test_continue_finished_run_changes_nothing(reference_run, tiny_sim, tmp_path
     assert summary["wall_seconds"] == sum(h["seconds"] for h in summary["history"]) > 0
 
 
+def test_overwrite_forgets_the_earlier_run(reference_run, tiny_sim, tmp_path):
+    """--overwrite over a longer run removes its checkpoints: a later --continue resumes this run."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)  # 2 iterations
+    assert cli.main(_args(tiny_sim, out, "--overwrite", "--iterations", "1")) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter001.json", "iter001.npz",
+                                                                       "iter001_fsc.csv", "iter001_maps.npz"]
+    assert cli.main(_args(tiny_sim, out, "--continue", "--iterations", "1")) == 0
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 1
+
+
 def test_json_outputs_are_strict(reference_run):
     """summary.json and the checkpoint JSONs hold no bare NaN: the first pose change is null."""
     def refuse(token):
