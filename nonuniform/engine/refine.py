@@ -49,6 +49,9 @@ from .regularize import nu_filter
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES_PER_HALF = 50
+# What write_outputs writes into the output folder (config.json and checkpoints/ aside).
+OUTPUT_FILES = ("half1.mrc", "half2.mrc", "mask.mrc", "map.mrc", "map_sharp.mrc", "map_nu.mrc", "cutoff_half1.mrc",
+                "cutoff_half2.mrc", "fsc.csv", "fsc.png", "particles.star", "summary.json")
 # Smallest box refine accepts (px): the FSC, the NU filter's candidate cutoffs and the frequency
 # limits of the pose search need a handful of shells; simulate has the same floor.
 MIN_BOX = 16
@@ -328,7 +331,12 @@ class Refinement:
         st = load_checkpoint(self.out, len(self.particles)) if resume else None
         if st is None:
             st = self._initial_state()
-            remove_checkpoints(self.out)  # an earlier run's (--overwrite): never resumed from by mistake
+            # An earlier run's files (--overwrite) go first: its checkpoints must never be resumed
+            # from by mistake, nor its outputs (e.g. NU maps after a uniform run) be left standing.
+            remove_checkpoints(self.out)
+            for name in OUTPUT_FILES:
+                if os.path.isfile(os.path.join(self.out, name)):
+                    os.remove(os.path.join(self.out, name))
             self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
