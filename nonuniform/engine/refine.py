@@ -1,6 +1,6 @@
 """Gold-standard 3-D refinement driver (uniform or non-uniform regularization).
 
-Per iteration and per half-set h (DESIGN §2):
+Per iteration and per half-set h (docs/architecture.rst, "One iteration"):
 
 1. E-step (:mod:`.estep`): pose of every particle of h against h's regularized reference
    (:mod:`.pose_search`): global coarse-to-fine searches first, local searches once the poses settle.
