@@ -9,7 +9,7 @@ radius N/2 (3 px raised-cosine edge) as ``relion_reconstruct`` does, which drops
 otherwise fills the box corners (~48 % of the cube).
 
 Accumulators are float64 and hold one fold; folds add (``+=``) so half-set and quarter maps
-share one backprojection pass (DESIGN §2).
+share one backprojection pass (docs/architecture.rst, "One iteration").
 """
 
 from concurrent.futures import ThreadPoolExecutor

@@ -1,6 +1,6 @@
 """Gold-standard 3-D refinement driver (uniform or non-uniform regularization).
 
-Per iteration and per half-set h (DESIGN §2):
+Per iteration and per half-set h (docs/architecture.rst, "One iteration"):
 
 1. E-step (:mod:`.estep`): pose of every particle of h against h's regularized reference
    (:mod:`.pose_search`): global coarse-to-fine searches first, local searches once the poses settle.
@@ -43,12 +43,15 @@ from .io import check_output_folder, make_output_folder, read_mask, read_volume,
 from .particles import check_images, load_particles, save_particles
 from .pipeline import half_set_labels
 from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
-                           load_maps, save_checkpoint, write_iteration_fsc)
+                           load_maps, remove_checkpoints, save_checkpoint, write_iteration_fsc)
 from .regularize import nu_filter
 
 logger = logging.getLogger(__name__)
 
 MIN_PARTICLES_PER_HALF = 50
+# What write_outputs writes into the output folder (config.json and checkpoints/ aside).
+OUTPUT_FILES = ("half1.mrc", "half2.mrc", "mask.mrc", "map.mrc", "map_sharp.mrc", "map_nu.mrc", "cutoff_half1.mrc",
+                "cutoff_half2.mrc", "fsc.csv", "fsc.png", "particles.star", "summary.json")
 # Smallest box refine accepts (px): the FSC, the NU filter's candidate cutoffs and the frequency
 # limits of the pose search need a handful of shells; simulate has the same floor.
 MIN_BOX = 16
@@ -328,10 +331,15 @@ class Refinement:
         st = load_checkpoint(self.out, len(self.particles)) if resume else None
         if st is None:
             st = self._initial_state()
+            # An earlier run's files (--overwrite) go first: its checkpoints must never be resumed
+            # from by mistake, nor its outputs (e.g. NU maps after a uniform run) be left standing.
+            remove_checkpoints(self.out)
+            for name in OUTPUT_FILES:
+                if os.path.isfile(os.path.join(self.out, name)):
+                    os.remove(os.path.join(self.out, name))
             self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
-        t_start = time.time()
         while True:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
             if done or st.iteration >= cfg.max_iterations:
@@ -339,7 +347,7 @@ class Refinement:
             st, maps = self.iterate(st)
             save_checkpoint(self.out, st, maps)
         kill_point("outputs_start", st.iteration)
-        self.write_outputs(st, time.time() - t_start)
+        self.write_outputs(st)
         return st
 
     def iterate(self, st):
@@ -420,7 +428,7 @@ class Refinement:
                    {"version": __version__, "argv": sys.argv, "particles": self.particles.star_path,
                     **dataclasses.asdict(self.cfg)})
 
-    def write_outputs(self, st, seconds):
+    def write_outputs(self, st):
         """Write the outputs of the checkpointed iteration ``st.iteration`` (from its checkpoint only)."""
         out, apix = self.out, self.apix
         maps = load_maps(out, st.iteration)
@@ -462,7 +470,9 @@ class Refinement:
                                                                    "rlnNrOfSignificantSamples": st.n_poses})
         summary = {"resolution_ang": fres.resolution_corrected_ang,
                    "resolution_unmasked_ang": fres.resolution_unmasked_ang,
-                   "bfactor_ang2": bfac, "iterations": st.iteration, "wall_seconds": seconds,
+                   "bfactor_ang2": bfac, "iterations": st.iteration,
+                   # the iterations' time, summed over every session of a resumed run
+                   "wall_seconds": sum(h["seconds"] for h in st.history),
                    "mode": self.cfg.mode, "n_particles": len(self.particles), "history": st.history}
         write_json(os.path.join(out, "summary.json"), summary)
         logger.info("final resolution %.2f Å after %d iterations -> %s", fres.resolution_corrected_ang,

@@ -145,7 +145,8 @@ def kill_point(name, iteration):
 
 
 def checkpoint_path(out_dir, iteration, suffix=".npz"):
-    """``checkpoints/iterNNN<suffix>``: ``.npz`` (state), ``.json``, ``_maps.npz``, ``_fsc.csv``."""
+    """``checkpoints/iterNNN<suffix>``, ``suffix`` one of :data:`CHECKPOINT_SUFFIXES`: ``.npz`` (state),
+    ``.json`` (history), ``_maps.npz`` (maps of the outputs), ``_fsc.csv`` (FSC curves)."""
     return os.path.join(out_dir, "checkpoints", f"iter{iteration:03d}{suffix}")
 
 
@@ -158,6 +159,16 @@ def checkpoint_files(out_dir, suffix=".npz"):
         if m:
             found.append((int(m.group(1)), path))
     return sorted(found)
+
+
+CHECKPOINT_SUFFIXES = (".npz", ".json", "_maps.npz", "_fsc.csv")
+
+
+def remove_checkpoints(out_dir):
+    """Delete every checkpoint file in ``out_dir`` (a run starting afresh over an earlier one)."""
+    for suffix in CHECKPOINT_SUFFIXES:
+        for _, path in checkpoint_files(out_dir, suffix):
+            os.remove(path)
 
 
 def _fsc_arrays(res):

@@ -161,16 +161,16 @@ CASES = {
     "refine tiny box": lambda i, t: (_refine(i, t, star=_boxed(8)(i, t)), "are 8 px"),
     "refine too few particles": lambda i, t: (_refine(i, t, star=_edit_star(i, t, _rows(60))), "too few particles"),
     # -- refine: reference and mask
-    "refine NaN reference": lambda i, t: (_refine(i, t, ref=_edit_map(i, t, "truth.mrc", lambda v: _with(v, 5, np.nan))),
-                                          "bad_truth.mrc"),
+    "refine NaN reference": lambda i, t: (
+        _refine(i, t, ref=_edit_map(i, t, "truth.mrc", lambda v: _with(v, 5, np.nan))), "bad_truth.mrc"),
     "refine reference without pixel size, other box": lambda i, t: (
         _refine(i, t, ref=_edit_map(i, t, "truth.mrc", lambda v: np.pad(v, 4), apix=0)), "bad_truth.mrc"),
     "refine reference pixel size negative": lambda i, t: (
         _refine(i, t, ref=_edit_map(i, t, "truth.mrc", lambda v: v, apix=-3)), "bad_truth.mrc"),
-    "refine NaN mask": lambda i, t: (_refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: _with(v, 0, np.nan))),
-                                     "bad_mask.mrc"),
-    "refine Inf mask": lambda i, t: (_refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: _with(v, 3, np.inf))),
-                                     "bad_mask.mrc"),
+    "refine NaN mask": lambda i, t: (
+        _refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: _with(v, 0, np.nan))), "bad_mask.mrc"),
+    "refine Inf mask": lambda i, t: (
+        _refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: _with(v, 3, np.inf))), "bad_mask.mrc"),
     "refine mask missing the particle": lambda i, t: (
         _refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: np.roll(v, 12, axis=2))), "misses the particle"),
     "refine mask pixel size": lambda i, t: (_refine(i, t, "--mask", _edit_map(i, t, "mask.mrc", lambda v: v, apix=2.5)),

@@ -13,7 +13,7 @@ def test_noiseless_reconstruction_reaches_nyquist(small_dataset):
     truth = small_dataset["truth"]
     curve = fsc.fsc_curve(out["map"], truth)
     n = truth.shape[0]
-    # DESIGN §6 target: FSC vs truth > 0.9 up to 0.8 Nyquist at known poses, noiseless.
+    # docs/architecture.rst accuracy target: FSC vs truth > 0.9 up to 0.8 Nyquist at known poses, noiseless.
     assert curve[1:int(0.8 * n / 2) + 1].min() > 0.9
     # Amplitude: the map is on the input's scale (LSQ gain within 3 %: trilinear smoothing).
     gain = float((out["map"] * truth).sum() / (truth * truth).sum())

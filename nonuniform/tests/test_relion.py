@@ -27,7 +27,7 @@ from .conftest import blob_phantom, simulate_star
 
 BOX = 64
 APIX = 1.5
-# Shells 1 .. 0.8 Nyquist: the band the DESIGN §6 reconstruction targets are stated on.
+# Shells 1 .. 0.8 Nyquist: the band the reconstruction accuracy target is stated on (docs/architecture.rst).
 BAND = slice(1, int(0.8 * BOX / 2) + 1)
 
 
@@ -221,8 +221,8 @@ def test_reconstruction_matches_relion_reconstruct(relion_stack):
     # different treatment of the outer shells.
     gain = float(((theirs - theirs.mean()) * (ours - ours.mean())).sum() / ((ours - ours.mean()) ** 2).sum())
     assert abs(gain - 1) < 0.02
-    # Both reconstruct the truth (DESIGN §6 target: FSC > 0.9 to 0.8 Nyquist, noiseless; measured
-    # 0.998 for both).
+    # Both reconstruct the truth (accuracy target of docs/architecture.rst: FSC > 0.9 to 0.8
+    # Nyquist, noiseless; measured 0.998 for both).
     truth = relion_stack["truth"]
     for name, m in (("ours", ours), ("relion", theirs)):
         c = fsc_no_dc(m, truth)
@@ -274,7 +274,7 @@ def test_relion_reconstructs_the_star_we_write(our_stack, tmp_path):
     ours = pipeline.reconstruct_particles(particles.load_particles(str(saved)), halves=True)
     truth = our_stack["truth"]
     # Half 1 (true poses, 1000 noiseless particles) is the expected map: measured FSC vs truth
-    # 0.997 to 0.8 Nyquist; 0.9 is the DESIGN §6 accuracy target. A pose, origin or CTF column that
+    # 0.997 to 0.8 Nyquist; 0.9 is the accuracy target (docs/architecture.rst). A pose, origin or CTF column that
     # RELION misread would break it (NB: relion_reconstruct --ctf runs silently without defocus).
     c = fsc_no_dc(theirs[0], truth)
     assert c[BAND].min() > 0.9, f"FSC(relion half1, truth) down to {c[BAND].min():.4f}"
