@@ -197,16 +197,39 @@ def run_refine(args):
 # demo
 
 
+def add_demo_data_args(p):
+    """The demo's data and refinement options (also those of the Scipion demo workflow)."""
+    p.add_argument("--n-particles", type=int, default=2000, help="number of simulated particles")
+    p.add_argument("--box", type=int, default=64, help="box size in px")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the refinements")
+    p.add_argument("--pixel-size", type=float, default=2.0, help="pixel size in Å")
+    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the simulated images")
+    p.add_argument("--iterations", type=int, default=12, help="maximum iterations of each refinement")
+
+
 def add_demo_args(p):
     p.add_argument("--out", default="nonuniform-demo", help="output folder (must be empty or absent)")
-    p.add_argument("--n-particles", type=int, default=2000, help="number of simulated particles")
-    p.add_argument("--box", type=int, default=64, help="box size in px (at 2 Å/px)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the refinements")
+    add_demo_data_args(p)
+    p.add_argument("--scipion", nargs="?", const="nonuniform-scipion-demo", metavar="DIR",
+                   help="instead, build a Scipion project in DIR (default nonuniform-scipion-demo; --out is "
+                        "ignored) with the NU, uniform and, when scipion-em-relion and RELION are installed, "
+                        "RELION refinements and their comparison (nonuniform/workflows/scipion_demo.py)")
+    p.add_argument("--no-relion", action="store_true", help="with --scipion: leave RELION's refinement out")
 
 
 def run_demo(args):
     from .demo import run_demo as demo
     from .refine import MIN_PARTICLES_PER_HALF
+
+    if args.scipion:
+        # The Scipion workflow runs in its own interpreter: the engine never imports Scipion.
+        import subprocess
+
+        cmd = [sys.executable, "-m", "nonuniform.workflows.scipion_demo", args.scipion,
+               "--n-particles", str(args.n_particles), "--box", str(args.box), "--pixel-size", str(args.pixel_size),
+               "--snr", str(args.snr), "--iterations", str(args.iterations), "--seed", str(args.seed),
+               "--threads", str(getattr(args, "threads", None) or 2), *(["--no-relion"] if args.no_relion else [])]
+        return subprocess.run(cmd).returncode
 
     require(args.n_particles >= 2 * MIN_PARTICLES_PER_HALF, "--n-particles", args.n_particles,
             f"at least {2 * MIN_PARTICLES_PER_HALF}")
@@ -214,7 +237,8 @@ def run_demo(args):
     require(args.seed >= 0, "--seed", args.seed, "a non-negative integer")
     check_output_folder(args.out, must_be_empty=True, hint="; give another --out")
     t0 = time.time()
-    demo(args.out, n_particles=args.n_particles, box=args.box, seed=args.seed)
+    demo(args.out, n_particles=args.n_particles, box=args.box, pixel_size_ang=args.pixel_size, snr=args.snr,
+         seed=args.seed, max_iterations=args.iterations)
     logger.info("demo finished in %.0f s: see %s", time.time() - t0, os.path.join(args.out, "report.md"))
     with open(os.path.join(args.out, "report.md")) as f:
         print(f.read())
