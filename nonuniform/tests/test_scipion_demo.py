@@ -28,10 +28,12 @@ def test_scipion_demo_small(tmp_path):
     if scipion_demo.relion_available():
         labels.append("RELION 3D auto-refine")
     table = res.stdout
-    for label in labels:  # every run is a row of the comparison table, with a resolution in Å
-        row = next((ln for ln in table.splitlines() if label in ln), None)
+    for label in labels:  # every run is a row of the comparison table: label | particles | resolutions (Å)
+        row = next((ln for ln in table.splitlines() if ln.startswith(label + " |")), None)
         assert row is not None, f"{label} missing from:\n{table}"
-        resolutions = [float(x) for x in re.findall(r"(\d+\.\d+) Å", row)]
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[1] == "300"
+        resolutions = [float(x) for x in re.findall(r"\d+\.\d+", " ".join(cells[2:]))]
         # Between Nyquist (7 Å) and the 30 Å start: a refinement that never aligned stays near 30 Å.
         assert resolutions and all(7.0 - 1e-6 <= r < 30.0 for r in resolutions), row
     assert "Open it:" in table and os.path.isdir(out / "nonuniform_demo")
