@@ -139,3 +139,29 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
         self.assertIn("at least two refinements", prot.validate()[0])
         prot.inputRefinements.append(self.runs.localFilter)  # not a refinement: no half-maps output
         self.assertTrue(any("no output volume with two half-maps" in e for e in prot.validate()))
+        prot = self.newProtocol(ProtNonUniformCompareRefinements, symmetryGroup="X3")
+        prot.inputRefinements.append(self.runs.nu)
+        prot.inputRefinements.append(self.runs.uniform)
+        prot.inputMask.set(self.runs.mask)
+        self.assertTrue(any(e.startswith("Symmetry:") and "X3" in e for e in prot.validate()), prot.validate())
+
+
+@pytest.mark.parametrize("group", ["C4", "D2", "O"])
+def test_pose_change_ignores_symmetry_equivalent_orientations(group):
+    """A pose A and A R (R a symmetry operator of the map) give the same image: no change."""
+    from nonuniform import convert
+    from nonuniform.engine import geometry, symmetry
+
+    rng = np.random.default_rng(0)
+    a = geometry.random_rotations(50, rng)
+    b = a @ symmetry.symmetry_matrices(group)[rng.integers(1, symmetry.symmetry_order(group), 50)]
+
+    def poses(mats):
+        return convert.Poses(np.arange(50), *geometry.matrix_to_euler(mats), np.zeros((50, 2)))
+
+    _, plain, _ = convert.poseChanges(poses(a), poses(b))
+    _, sym, _ = convert.poseChanges(poses(a), poses(b), group)
+    # Through Euler angles and back (float64): ~1e-6° from arccos near 0.
+    assert sym.max() < 1e-4
+    # Without the group the operators count as real changes: their angles are 90° or more here.
+    assert plain.min() > 89.0

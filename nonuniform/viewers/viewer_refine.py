@@ -96,7 +96,8 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
                             "by particle count (a .bild file and a .cxc script in extra/viewer).")
         group.addParam("showPoseChanges", params.LabelParam, label="Pose change from the input poses",
                        help="Histograms of the change in orientation and shift of every particle between "
-                            "the input poses and the refined ones (only if the input had poses).")
+                            "the input poses and the refined ones (only if the input had poses); with "
+                            "symmetry, the smallest change over symmetry-equivalent orientations.")
 
         group = form.addGroup("Maps")
         group.addParam("mapToShow", params.EnumParam, choices=[m[0] for m in self._mapChoices()], default=0,
@@ -191,7 +192,7 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
         if before is None:
             return [self.infoMessage("The input particles had no poses (no projection alignment): there is "
                                      "nothing to compare the refined poses with.", "No input poses")]
-        _, angle, shift = convert.poseChanges(before, self.finalPoses())
+        _, angle, shift = convert.poseChanges(before, self.finalPoses(), self.protocol.symmetryGroup.get().strip())
         return self._plotView(plots.plot_pose_changes, [("input → refined", angle, shift)],
                               title=f"Pose change from the input poses ({self.protocol.getRunName()})")
 
