@@ -30,7 +30,8 @@ from pyworkflow.project import Manager  # noqa: E402
 from nonuniform.engine import cli, io, masks  # noqa: E402
 from nonuniform.protocols import (ProtNonUniformCompareRefinements, ProtNonUniformLocalFilter,  # noqa: E402
                                   ProtNonUniformRefine3D)
-from nonuniform.viewers import NonUniformCompareViewer, NonUniformLocalFilterViewer, NonUniformRefineViewer  # noqa: E402
+from nonuniform.viewers import (NonUniformCompareViewer, NonUniformLocalFilterViewer,  # noqa: E402
+                                NonUniformRefineViewer)
 
 BOX, APIX = 48, 2.5
 VIEWS = {
@@ -101,7 +102,8 @@ def main():
     shots = os.path.abspath("gui")
     os.makedirs(shots, exist_ok=True)
     subprocess.run([sys.executable, "-m", "nonuniform.tests.gui_viewer", project.getName(), shots], check=True)
-    shutil.copy(os.path.join(shots, f"{runs[0].getObjId()}.png"), os.path.join(REPO, "docs", "analyze_results_refine.png"))
+    shutil.copy(os.path.join(shots, f"{runs[0].getObjId()}.png"),
+                os.path.join(REPO, "docs", "analyze_results_refine.png"))
 
 
 if __name__ == "__main__":

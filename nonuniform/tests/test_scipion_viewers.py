@@ -82,7 +82,8 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         x, y = corrected.get_data()
         self.assertAlmostEqual(fsc.resolution_at(y, BOX, APIX, 0.143), reported, delta=1e-4)
         self.assertAlmostEqual(x[-1], 1 / (2 * APIX), places=6)  # up to Nyquist, in 1/Å
-        dots = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == corrected.get_color()]
+        dots = [line for line in ax.get_lines()
+                if line.get_marker() == "o" and line.get_color() == corrected.get_color()]
         # The dot sits at the resolution the engine wrote in fsc.csv (4 decimals: 1/Å to ~1e-6).
         self.assertAlmostEqual(dots[0].get_xdata()[0], 1 / reported, delta=1e-5)
         self.assertIn("FSC = 0.143 (resolution threshold)", lines)
@@ -100,7 +101,8 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         new = [plt.figure(n) for n in set(plt.get_fignums()) - before]
         labels = [line.get_label() for fig in new for ax in fig.axes for line in ax.get_lines()]
         for f in prot.outputFSC:
-            self.assertTrue(any(label.startswith(f.getObjLabel() + " (") for label in labels), (f.getObjLabel(), labels))
+            self.assertTrue(any(label.startswith(f.getObjLabel() + " (") for label in labels),
+                            (f.getObjLabel(), labels))
         for fig in new:
             plt.close(fig)
 

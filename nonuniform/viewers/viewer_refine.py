@@ -216,10 +216,10 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
         return [self.infoMessage("A uniform refinement has no cutoff maps.", "Uniform refinement")]
 
     def _showCutoffSlices(self, paramName=None):
-        return self._noCutoffs() or self._mapSlicesView(self._cutoffFiles(), "Non-uniform filter: local low-pass cutoff of each "
-                                   "half-set's reference (blue = finer detail kept)",
-                                   colorbarLabel="cutoff resolution (Å)", resolutionScale=True)
+        title = "Non-uniform filter: local low-pass cutoff of each half-set's reference (blue = finer detail kept)"
+        return self._noCutoffs() or self._mapSlicesView(self._cutoffFiles(), title,
+                                                        colorbarLabel="cutoff resolution (Å)", resolutionScale=True)
 
     def _showCutoffChimera(self, paramName=None):
-        return self._noCutoffs() or self._coloredSurfaceView(self._run("map.mrc"), self._cutoffFiles()[0][1], "non-uniform filter cutoff",
-                                        "map_colored_by_cutoff.cxc")
+        return self._noCutoffs() or self._coloredSurfaceView(self._run("map.mrc"), self._cutoffFiles()[0][1],
+                                                             "non-uniform filter cutoff", "map_colored_by_cutoff.cxc")
