@@ -24,6 +24,7 @@ from pyworkflow.viewer import MessageView  # noqa: E402
 
 from nonuniform import convert  # noqa: E402
 from nonuniform.engine import fsc, io, star  # noqa: E402
+from nonuniform.protocols import ProtNonUniformLocalFilter, ProtNonUniformRefine3D  # noqa: E402
 from nonuniform.tests import scipion_results  # noqa: E402
 from nonuniform.viewers import NonUniformLocalFilterViewer, NonUniformRefineViewer, plots  # noqa: E402
 
@@ -67,6 +68,15 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         for prot, viewer in ((self.runs.nu, NonUniformRefineViewer), (self.runs.uniform, NonUniformRefineViewer),
                              (self.runs.localFilter, NonUniformLocalFilterViewer)):
             self.assertEqual(Domain.findViewers(prot, "tkinter")[0], viewer)
+
+    def test_viewers_of_runs_without_results_still_open(self):
+        """Analyze Results on a run that has not written its maps yet: the form opens."""
+        refine = self.newProtocol(ProtNonUniformRefine3D)
+        refine.inputParticles.set(self.runs.particles)
+        self.assertFalse(hasattr(self.viewer(NonUniformRefineViewer, refine), "showCutoffSlices"))
+        localFilter = self.newProtocol(ProtNonUniformLocalFilter)
+        viewer = self.viewer(NonUniformLocalFilterViewer, localFilter)
+        self.assertEqual((viewer.lowest.get(), viewer.highest.get()), (0.0, 0.0))
 
     # -- refinement: resolution ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Everything is read from what the engine wrote in the run's ``extra/run`` folder 
 
 import glob
 import json
+import os
 import re
 
 import pyworkflow.protocol.params as params
@@ -106,7 +107,7 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
                        help="In ChimeraX when it is configured in Scipion, otherwise as central slices.")
         group.addParam("showMapSlices", params.LabelParam, label="Show central slices of the map")
 
-        if self._isNonUniform():
+        if self._isNonUniform() and all(os.path.exists(f) for _, f in self._cutoffFiles()):
             group = form.addGroup("Non-uniform filter cutoffs (local resolution)")
             group.addParam("showCutoffSlices", params.LabelParam, label="Cutoff maps as coloured slices",
                            help="The low-pass cutoff (Å) the non-uniform filter chose at every voxel for "
