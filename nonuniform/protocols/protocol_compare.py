@@ -26,7 +26,7 @@ from .. import convert
 from .protocol_base import NonUniformEngineMixin
 from .protocol_refine import ProtNonUniformRefine3D
 
-TABLE_HEADER = ["run", "particles", "corrected (Å)", "masked (Å)", "unmasked (Å)", "vs ground truth (Å)"]
+TABLE_HEADER = ["run", "particles", "corrected FSC", "masked FSC", "unmasked FSC", "vs ground truth"]
 
 
 class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
@@ -185,7 +185,7 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
     # -- results ------------------------------------------------------------------------------
 
     def comparisonTable(self):
-        """(header, rows) of the resolutions in Å (text cells), or None before the run finished."""
+        """(header, rows) of the resolutions (text cells, "7.24 Å"), or None before the run finished."""
         try:
             table = self._readJson("comparison.json")
         except OSError:
@@ -193,9 +193,9 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
         rows = []
         for run in table["runs"]:
             truth = run.get("resolution_truth_ang")
-            rows.append([run["label"], run["particles"], f"{run['resolution_corrected_ang']:.2f}",
-                         f"{run['resolution_masked_ang']:.2f}", f"{run['resolution_unmasked_ang']:.2f}",
-                         "–" if truth is None else f"{truth:.2f}"])
+            rows.append([run["label"], run["particles"], f"{run['resolution_corrected_ang']:.2f} Å",
+                         f"{run['resolution_masked_ang']:.2f} Å", f"{run['resolution_unmasked_ang']:.2f} Å",
+                         "–" if truth is None else f"{truth:.2f} Å"])
         return TABLE_HEADER, rows
 
     # -- info ---------------------------------------------------------------------------------

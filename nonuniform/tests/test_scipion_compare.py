@@ -67,9 +67,11 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
 
     def test_summary_prints_the_table(self):
         summary = "\n".join(self.compare.summary())
-        self.assertIn("run | particles | corrected (Å) | masked (Å) | unmasked (Å) | vs ground truth (Å)", summary)
+        self.assertIn("run | particles | corrected FSC | masked FSC | unmasked FSC | vs ground truth", summary)
         for run in self.table["runs"]:
-            self.assertIn(f"{run['label']} | {run['particles']} | {run['resolution_corrected_ang']:.2f} | ", summary)
+            self.assertIn(f"{run['label']} | {run['particles']} | {run['resolution_corrected_ang']:.2f} Å | "
+                          f"{run['resolution_masked_ang']:.2f} Å | {run['resolution_unmasked_ang']:.2f} Å | "
+                          f"{run['resolution_truth_ang']:.2f} Å", summary)
 
     def test_output_fsc_set(self):
         self.assertIsInstance(self.compare.outputFSC, SetOfFSCs)
@@ -93,7 +95,7 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
         fig = self.render("showTable")
         cells = fig.axes[0].tables[0].get_celld()
         self.assertEqual(cells[(1, 0)].get_text().get_text(), "NU")
-        self.assertEqual(cells[(2, 2)].get_text().get_text(), f"{self.runs.uniform.finalResolution.get():.2f}")
+        self.assertEqual(cells[(2, 2)].get_text().get_text(), f"{self.runs.uniform.finalResolution.get():.2f} Å")
 
     def test_pose_changes_of_a_run_with_itself_are_zero_centred(self):
         pairs = {(p["first"], p["second"]): p for p in self.table["pairs"]}
