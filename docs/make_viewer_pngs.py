@@ -9,10 +9,14 @@ Builds a throw-away headless Scipion project (the environment of the root ``conf
 48, 2.5 Å/px, SNR 0.1), imported with Scipion's RELION STAR import, refined non-uniform and
 uniform (6 iterations from the truth low-passed to 25 Å, one soft mask), the local filter on the
 NU half-maps, and the comparison of the two runs against the truth. Each view is drawn by the
-viewer itself (``savePng``), as the Scipion window would show it.
+viewer itself (``savePng``), as the Scipion window would show it; ``analyze_results_refine.png``
+is the NU run's viewer form in the Tk GUI on a private Xvfb display
+(``nonuniform.tests.gui_viewer``).
 """
 
 import os
+import shutil
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +30,8 @@ from pyworkflow.project import Manager  # noqa: E402
 from nonuniform.engine import cli, io, masks  # noqa: E402
 from nonuniform.protocols import (ProtNonUniformCompareRefinements, ProtNonUniformLocalFilter,  # noqa: E402
                                   ProtNonUniformRefine3D)
-from nonuniform.viewers import NonUniformCompareViewer, NonUniformLocalFilterViewer, NonUniformRefineViewer  # noqa: E402
+from nonuniform.viewers import (NonUniformCompareViewer, NonUniformLocalFilterViewer,  # noqa: E402
+                                NonUniformRefineViewer)
 
 BOX, APIX = 48, 2.5
 VIEWS = {
@@ -93,6 +98,12 @@ def main():
             path = os.path.join(REPO, "docs", f"{PREFIX[viewerClass]}_{name[4:].lower()}.png")
             viewer.savePng(name, path)
             print("wrote", path)
+
+    shots = os.path.abspath("gui")
+    os.makedirs(shots, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "nonuniform.tests.gui_viewer", project.getName(), shots], check=True)
+    shutil.copy(os.path.join(shots, f"{runs[0].getObjId()}.png"),
+                os.path.join(REPO, "docs", "analyze_results_refine.png"))
 
 
 if __name__ == "__main__":

@@ -376,8 +376,11 @@ def posesFromSet(partSet):
     return Poses(ids, rot, tilt, psi, np.stack([ox, oy], axis=1) * apix)
 
 
-def poseChanges(first, second):
+def poseChanges(first, second, symmetryGroup="C1"):
     """Change of pose of each particle present in both :class:`Poses` (matched by id).
+
+    With a point group, poses ``A`` and ``A R`` (``R`` a symmetry operator of the map) give the
+    same image, so the change is the smallest angle between ``A1`` and any ``A2 R``.
 
     Returns
     -------
@@ -388,7 +391,10 @@ def poseChanges(first, second):
         ``second`` minus ``first`` in-plane shift, in Å.
     """
     ids, i1, i2 = np.intersect1d(first.ids, second.ids, return_indices=True)
-    angle = geometry.angular_distance_deg(first.rotations[i1], second.rotations[i2])
+    a1, a2 = first.rotations[i1], second.rotations[i2]
+    angle = np.full(len(ids), np.inf)
+    for r in symmetry.symmetry_matrices(symmetryGroup):
+        angle = np.minimum(angle, geometry.angular_distance_deg(a1, a2 @ r))
     return ids, angle, second.shifts_ang[i2] - first.shifts_ang[i1]
 
 

@@ -26,7 +26,7 @@ from .. import convert
 from .protocol_base import NonUniformEngineMixin
 from .protocol_refine import ProtNonUniformRefine3D
 
-TABLE_HEADER = ["run", "particles", "corrected (Å)", "masked (Å)", "unmasked (Å)", "vs ground truth (Å)"]
+TABLE_HEADER = ["run", "particles", "corrected FSC", "masked FSC", "unmasked FSC", "vs ground truth"]
 
 
 class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
@@ -55,6 +55,9 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
                       label="Ground-truth map (optional)",
                       help="For simulated data: each run's map is compared with it (FSC at the threshold "
                            "below), in the same mask.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1", label="Symmetry",
+                      help="Point group of the map (RELION notation): a particle's orientation and its "
+                           "symmetry-equivalent ones count as the same pose in the pose changes.")
         form.addParam("threshold", params.FloatParam, default=0.143, validators=[params.Range(0.01, 0.99)],
                       expertLevel=params.LEVEL_ADVANCED, label="Half-map FSC threshold",
                       help="Resolution of the gold-standard FSC between half-maps (0.143).")
@@ -80,7 +83,7 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
         for k in range(1, len(self._refinements()) + 1):
             self._insertFunctionStep(self.fscStep, k, self.threshold.get(), self.truthThreshold.get(),
                                      self.seed.get(), needsGPU=False)
-        self._insertFunctionStep(self.poseStep, needsGPU=False)
+        self._insertFunctionStep(self.poseStep, self.symmetryGroup.get().strip(), needsGPU=False)
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def _labels(self):
@@ -144,13 +147,13 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
             self.warning(f"{run['label']}: {w}")
         self._writeJson(f"result_{k}.json", {**result, "warnings": list(warnings)})
 
-    def poseStep(self):
+    def poseStep(self, symmetryGroup):
         poses = [convert.posesFromSet(prot.outputParticles) for prot in self._refinements()]
         labels = self._labels()
         pairs = []
         for i in range(len(poses)):
             for j in range(i + 1, len(poses)):
-                ids, angle, shift = convert.poseChanges(poses[i], poses[j])
+                ids, angle, shift = convert.poseChanges(poses[i], poses[j], symmetryGroup)
                 name = f"poses_{i + 1}_{j + 1}.csv"
                 np.savetxt(self._getExtraPath(name), np.column_stack([ids, angle, shift]), fmt="%.6g", delimiter=",",
                            header=f"pose change from {labels[i]} to {labels[j]}\nid,angle_deg,dx_ang,dy_ang")
@@ -182,7 +185,7 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
     # -- results ------------------------------------------------------------------------------
 
     def comparisonTable(self):
-        """(header, rows) of the resolutions in Å (text cells), or None before the run finished."""
+        """(header, rows) of the resolutions (text cells, "7.24 Å"), or None before the run finished."""
         try:
             table = self._readJson("comparison.json")
         except OSError:
@@ -190,9 +193,9 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
         rows = []
         for run in table["runs"]:
             truth = run.get("resolution_truth_ang")
-            rows.append([run["label"], run["particles"], f"{run['resolution_corrected_ang']:.2f}",
-                         f"{run['resolution_masked_ang']:.2f}", f"{run['resolution_unmasked_ang']:.2f}",
-                         "–" if truth is None else f"{truth:.2f}"])
+            rows.append([run["label"], run["particles"], f"{run['resolution_corrected_ang']:.2f} Å",
+                         f"{run['resolution_masked_ang']:.2f} Å", f"{run['resolution_unmasked_ang']:.2f} Å",
+                         "–" if truth is None else f"{truth:.2f} Å"])
         return TABLE_HEADER, rows
 
     # -- info ---------------------------------------------------------------------------------
@@ -201,10 +204,11 @@ class ProtNonUniformCompareRefinements(ProtAnalysis3D, NonUniformEngineMixin):
         refinements = self._refinements()
         if len(refinements) < 2:
             return ["Choose at least two refinements to compare."]
-        errors = []
         mask = self.inputMask.get()
         if mask is None:
             return ["Choose the solvent mask."]
+        problem = convert.symmetryError(self.symmetryGroup.get().strip())
+        errors = [f"Symmetry: {problem}"] if problem else []
         for prot in refinements:
             name = prot.getRunName()
             vol = getattr(prot, "outputVolume", None)

@@ -67,9 +67,11 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
 
     def test_summary_prints_the_table(self):
         summary = "\n".join(self.compare.summary())
-        self.assertIn("run | particles | corrected (Å) | masked (Å) | unmasked (Å) | vs ground truth (Å)", summary)
+        self.assertIn("run | particles | corrected FSC | masked FSC | unmasked FSC | vs ground truth", summary)
         for run in self.table["runs"]:
-            self.assertIn(f"{run['label']} | {run['particles']} | {run['resolution_corrected_ang']:.2f} | ", summary)
+            self.assertIn(f"{run['label']} | {run['particles']} | {run['resolution_corrected_ang']:.2f} Å | "
+                          f"{run['resolution_masked_ang']:.2f} Å | {run['resolution_unmasked_ang']:.2f} Å | "
+                          f"{run['resolution_truth_ang']:.2f} Å", summary)
 
     def test_output_fsc_set(self):
         self.assertIsInstance(self.compare.outputFSC, SetOfFSCs)
@@ -93,7 +95,7 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
         fig = self.render("showTable")
         cells = fig.axes[0].tables[0].get_celld()
         self.assertEqual(cells[(1, 0)].get_text().get_text(), "NU")
-        self.assertEqual(cells[(2, 2)].get_text().get_text(), f"{self.runs.uniform.finalResolution.get():.2f}")
+        self.assertEqual(cells[(2, 2)].get_text().get_text(), f"{self.runs.uniform.finalResolution.get():.2f} Å")
 
     def test_pose_changes_of_a_run_with_itself_are_zero_centred(self):
         pairs = {(p["first"], p["second"]): p for p in self.table["pairs"]}
@@ -139,3 +141,29 @@ class TestNonUniformCompareRefinements(scipion_results.SharedProjectTest):
         self.assertIn("at least two refinements", prot.validate()[0])
         prot.inputRefinements.append(self.runs.localFilter)  # not a refinement: no half-maps output
         self.assertTrue(any("no output volume with two half-maps" in e for e in prot.validate()))
+        prot = self.newProtocol(ProtNonUniformCompareRefinements, symmetryGroup="X3")
+        prot.inputRefinements.append(self.runs.nu)
+        prot.inputRefinements.append(self.runs.uniform)
+        prot.inputMask.set(self.runs.mask)
+        self.assertTrue(any(e.startswith("Symmetry:") and "X3" in e for e in prot.validate()), prot.validate())
+
+
+@pytest.mark.parametrize("group", ["C4", "D2", "O"])
+def test_pose_change_ignores_symmetry_equivalent_orientations(group):
+    """A pose A and A R (R a symmetry operator of the map) give the same image: no change."""
+    from nonuniform import convert
+    from nonuniform.engine import geometry, symmetry
+
+    rng = np.random.default_rng(0)
+    a = geometry.random_rotations(50, rng)
+    b = a @ symmetry.symmetry_matrices(group)[rng.integers(1, symmetry.symmetry_order(group), 50)]
+
+    def poses(mats):
+        return convert.Poses(np.arange(50), *geometry.matrix_to_euler(mats), np.zeros((50, 2)))
+
+    _, plain, _ = convert.poseChanges(poses(a), poses(b))
+    _, sym, _ = convert.poseChanges(poses(a), poses(b), group)
+    # Through Euler angles and back (float64): ~1e-6° from arccos near 0.
+    assert sym.max() < 1e-4
+    # Without the group the operators count as real changes: their angles are 90° or more here.
+    assert plain.min() > 89.0

@@ -7,6 +7,9 @@ as a PNG, and what it shows is checked against the files the engine wrote.
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from pyworkflow.viewer import MessageView  # noqa: E402
 
 from nonuniform import convert  # noqa: E402
 from nonuniform.engine import fsc, io, star  # noqa: E402
+from nonuniform.protocols import ProtNonUniformLocalFilter, ProtNonUniformRefine3D  # noqa: E402
 from nonuniform.tests import scipion_results  # noqa: E402
 from nonuniform.viewers import NonUniformLocalFilterViewer, NonUniformRefineViewer, plots  # noqa: E402
 
@@ -49,6 +53,10 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         return fig
 
+    def assertScaleSpans(self, low, high, lowest, highest):
+        """The colour scale [low, high] spans [lowest, highest], rounded outwards to 0.01 Å."""
+        self.assertTrue(low <= lowest < low + 0.01 and high - 0.01 < highest <= high, (low, high, lowest, highest))
+
     def summary(self, prot):
         with open(prot._getExtraPath("run", "summary.json")) as f:
             return json.load(f)
@@ -60,6 +68,15 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         for prot, viewer in ((self.runs.nu, NonUniformRefineViewer), (self.runs.uniform, NonUniformRefineViewer),
                              (self.runs.localFilter, NonUniformLocalFilterViewer)):
             self.assertEqual(Domain.findViewers(prot, "tkinter")[0], viewer)
+
+    def test_viewers_of_runs_without_results_still_open(self):
+        """Analyze Results on a run that has not written its maps yet: the form opens."""
+        refine = self.newProtocol(ProtNonUniformRefine3D)
+        refine.inputParticles.set(self.runs.particles)
+        self.assertFalse(hasattr(self.viewer(NonUniformRefineViewer, refine), "showCutoffSlices"))
+        localFilter = self.newProtocol(ProtNonUniformLocalFilter)
+        viewer = self.viewer(NonUniformLocalFilterViewer, localFilter)
+        self.assertEqual((viewer.lowest.get(), viewer.highest.get()), (0.0, 0.0))
 
     # -- refinement: resolution ---------------------------------------------------------------
 
@@ -75,7 +92,8 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         x, y = corrected.get_data()
         self.assertAlmostEqual(fsc.resolution_at(y, BOX, APIX, 0.143), reported, delta=1e-4)
         self.assertAlmostEqual(x[-1], 1 / (2 * APIX), places=6)  # up to Nyquist, in 1/Å
-        dots = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == corrected.get_color()]
+        dots = [line for line in ax.get_lines()
+                if line.get_marker() == "o" and line.get_color() == corrected.get_color()]
         # The dot sits at the resolution the engine wrote in fsc.csv (4 decimals: 1/Å to ~1e-6).
         self.assertAlmostEqual(dots[0].get_xdata()[0], 1 / reported, delta=1e-5)
         self.assertIn("FSC = 0.143 (resolution threshold)", lines)
@@ -83,6 +101,20 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         self.assertIn(f"no mask: {float(meta['resolution_fsc_unmasked_ang']):.2f} Å", lines)
         self.assertIn(f"with the solvent mask: {float(meta['resolution_fsc_masked_ang']):.2f} Å", lines)
         self.assertEqual(fig.axes[0].child_axes[0].get_xlabel(), "resolution (Å)")
+
+    def test_scipion_fsc_viewer_shows_the_output_fsc(self):
+        import matplotlib.pyplot as plt
+
+        prot = self.runs.nu
+        before = set(plt.get_fignums())
+        self.assertEqual(self.viewer(NonUniformRefineViewer, prot)._showFscScipion(), [])  # it shows itself
+        new = [plt.figure(n) for n in set(plt.get_fignums()) - before]
+        labels = [line.get_label() for fig in new for ax in fig.axes for line in ax.get_lines()]
+        for f in prot.outputFSC:
+            self.assertTrue(any(label.startswith(f.getObjLabel() + " (") for label in labels),
+                            (f.getObjLabel(), labels))
+        for fig in new:
+            plt.close(fig)
 
     def test_fsc_of_every_iteration(self):
         prot = self.runs.nu
@@ -164,8 +196,8 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         viewer = self.viewer(NonUniformRefineViewer, prot)
         inside = io.read_mrc(prot._getExtraPath("run", "mask.mrc"))[0] > 0.5
         cutoffs = [io.read_mrc(prot._getExtraPath("run", f"cutoff_half{h}.mrc"))[0][inside] for h in (1, 2)]
-        low, high = min(c.min() for c in cutoffs), max(c.max() for c in cutoffs)
-        self.assertEqual((viewer.lowest.get(), viewer.highest.get()), (low, high))  # the form's defaults
+        low, high = viewer.lowest.get(), viewer.highest.get()  # the form's defaults
+        self.assertScaleSpans(low, high, min(c.min() for c in cutoffs), max(c.max() for c in cutoffs))
         fig = self.render(viewer, "showCutoffSlices")
         shown = images(fig)
         self.assertEqual(len(shown), 6)  # two half-sets, three axes
@@ -193,7 +225,7 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         locres = io.read_mrc(prot._getExtraPath("locres", "locres.mrc"))[0][inside]
         # One colour scale for both maps (same Å, same colour), spanning both inside the mask.
         low, high = viewer.lowest.get(), viewer.highest.get()
-        self.assertEqual((low, high), (min(cutoff.min(), locres.min()), max(cutoff.max(), locres.max())))
+        self.assertScaleSpans(low, high, min(cutoff.min(), locres.min()), max(cutoff.max(), locres.max()))
         c = BOX // 2
         for name, path in (("showCutoffSlices", ("filter", "cutoff_ang.mrc")),
                            ("showLocalResolutionSlices", ("locres", "locres.mrc"))):
@@ -215,6 +247,30 @@ class TestNonUniformViewers(scipion_results.SharedProjectTest):
         self.assertIsInstance(viewer._showChimera()[0], MessageView)
         with open(viewer._viewerPath("filtered_map_colored_by_locres.cxc")) as f:
             self.assertIn("color sample #1 map #2", f.read())
+
+    def test_viewer_forms_open_in_the_gui(self):
+        """Analyze Results on each run opens the viewer's form in Scipion's Tk GUI (private Xvfb)."""
+        pytest.importorskip("tkinter", reason="tkinter missing (apt-get install python3-tk)")
+        if not shutil.which("Xvfb"):
+            pytest.skip("Xvfb missing (apt-get install xvfb)")
+        from PIL import Image
+
+        out = self.proj.getTmpPath()
+        # A fresh interpreter: Tk and the display stay out of the test process.
+        res = subprocess.run([sys.executable, "-m", "nonuniform.tests.gui_viewer", self.proj.getName(), out],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(res.returncode, 0, res.stderr[-3000:])
+        rows = {int(r.split()[0]): r.split()[1:] for r in res.stdout.splitlines() if r[:1].isdigit()}
+        expected = {self.runs.nu: "NonUniformRefineViewer", self.runs.uniform: "NonUniformRefineViewer",
+                    self.runs.localFilter: "NonUniformLocalFilterViewer"}
+        for prot, viewer in expected.items():
+            name, width, height = rows[prot.getObjId()]
+            self.assertEqual(name, viewer)
+            img = np.asarray(Image.open(os.path.join(out, f"{prot.getObjId()}.png")).convert("L"), dtype=float)
+            # A drawn form (groups, labels, eye buttons) has many grey levels; an unmapped window
+            # grabs as one flat colour.
+            self.assertEqual(img.shape, (int(height), int(width)))
+            self.assertGreater(len(np.unique(img)), 50)
 
     def test_star_poses_and_scipion_poses_agree(self):
         """Poses from the engine's particles.star and from the output set are the same."""

@@ -120,10 +120,12 @@ def plot_fsc_iterations(iterations, curves, resolutions_ang, threshold=0.143, fi
     Parameters
     ----------
     iterations : list of int
-    curves : list of (freq_inv_ang, fsc) pairs of arrays
-        Per iteration, as the engine wrote them.
+    curves : list of (freq_inv_ang, fsc) pairs of (N//2 + 1,) arrays
+        Per iteration, as the engine wrote them (frequency in 1/Å).
     resolutions_ang : list of float
         Per iteration, the resolution the engine reported.
+    threshold : float
+        FSC threshold line.
     """
     from matplotlib import cm, colormaps
     from matplotlib.colors import Normalize
@@ -344,7 +346,19 @@ def plot_slices(volumes, pixel_size_ang, title, cmap="gray", vmin=None, vmax=Non
 
 
 def plot_histogram(counts, edges, xlabel, title, median=None, ylabel="voxels", fig=None, path_png=None):
-    """A histogram from counts and bin edges that the engine wrote (nothing is re-binned)."""
+    """A histogram from counts and bin edges that the engine wrote (nothing is re-binned).
+
+    Parameters
+    ----------
+    counts : (n,) array
+        Count per bin.
+    edges : (n + 1,) array
+        Bin edges, in the unit of ``xlabel`` (e.g. Å).
+    xlabel, title, ylabel : str
+        Axis labels with units, and the title.
+    median : float, optional
+        Drawn as a dashed line and given in the legend (Å).
+    """
     counts, edges = np.asarray(counts, np.float64), np.asarray(edges, np.float64)
     fig = _figure(fig, (7.0, 4.4))
     ax = fig.add_subplot(1, 1, 1)
@@ -361,7 +375,17 @@ def plot_histogram(counts, edges, xlabel, title, median=None, ylabel="voxels", f
 
 
 def plot_table(header, rows, title, note=None, fig=None, path_png=None):
-    """A table of text cells (e.g. resolutions of several refinements)."""
+    """A table of text cells (e.g. resolutions of several refinements).
+
+    Parameters
+    ----------
+    header : list of str
+        Column titles, with units.
+    rows : list of lists
+        Cells, shown as text.
+    title, note : str
+        Title, and a plain-language note under the table.
+    """
     fig = _figure(fig, (min(12.0, 1.2 * len(header) + 1.0), 1.6 + 0.35 * len(rows)))
     ax = fig.add_subplot(1, 1, 1)
     ax.axis("off")

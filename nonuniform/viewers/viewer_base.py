@@ -1,5 +1,6 @@
 """What the plugin's viewers share: plots in a Scipion ``EmPlotter``, ChimeraX views, PNG export."""
 
+import math
 import os
 
 from pwem.viewers import ChimeraView, EmPlotter
@@ -66,11 +67,13 @@ class NonUniformViewerMixin:
         return None if maskFile is None else convert.readMap(maskFile)[0] > 0.5
 
     def resolutionRange(self, fileNames):
-        """(min, max) Å of the maps ``fileNames`` together, inside the mask: the default colour scale."""
+        """(min, max) Å of the maps ``fileNames`` together, inside the mask, rounded outwards to
+        0.01 Å (the form shows them): the default colour scale."""
         inside = self._inside()
         values = [convert.readMap(f)[0] for f in fileNames]
         values = [v if inside is None else v[inside] for v in values]
-        return float(min(v.min() for v in values)), float(max(v.max() for v in values))
+        low, high = min(v.min() for v in values), max(v.max() for v in values)
+        return math.floor(low * 100) / 100, math.ceil(high * 100) / 100
 
     def _colorName(self):
         return self.colorMap.get() or RESOLUTION_CMAP

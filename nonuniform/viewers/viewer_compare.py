@@ -75,7 +75,7 @@ class NonUniformCompareViewer(NonUniformViewerMixin, EmProtocolViewer):
 
     def _showTable(self, paramName=None):
         header, rows = self.protocol.comparisonTable()
-        return self._plotView(plots.plot_table, header, rows, "Resolution of each refinement (Å)",
+        return self._plotView(plots.plot_table, header, rows, "Resolution of each refinement",
                               note=f"Gold-standard FSC = {self._table()['threshold']:g} of the half-maps, in one "
                                    f"mask; against the ground truth: FSC = {self._table()['truth_threshold']:g}.")
 

@@ -5,6 +5,7 @@ locres.json}`` as the engine wrote them (the histogram is the one in ``locres.js
 """
 
 import json
+import os
 
 import pyworkflow.protocol.params as params
 from pwem.viewers import LocalResolutionViewer
@@ -57,7 +58,9 @@ class NonUniformLocalFilterViewer(NonUniformViewerMixin, LocalResolutionViewer):
                        help="The low-pass cutoff (Å) chosen at every voxel by cross-validation.")
         group.addParam("showLocalResolutionSlices", params.LabelParam, label="Local resolution",
                        help="Local resolution (Å) from the local FSC of the half-maps.")
-        low, high = self.resolutionRange(self.colorFiles())
+        # Before the run has written its maps (Analyze Results on a running run): a neutral scale.
+        done = all(os.path.exists(f) for f in self.colorFiles())
+        low, high = self.resolutionRange(self.colorFiles()) if done else (0.0, 0.0)
         ColorScaleWizardBase.defineColorScaleParams(group, defaultHighest=high, defaultLowest=low)
 
         group = form.addGroup("ChimeraX")

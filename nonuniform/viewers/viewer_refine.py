@@ -7,6 +7,7 @@ Everything is read from what the engine wrote in the run's ``extra/run`` folder 
 
 import glob
 import json
+import os
 import re
 
 import pyworkflow.protocol.params as params
@@ -96,7 +97,8 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
                             "by particle count (a .bild file and a .cxc script in extra/viewer).")
         group.addParam("showPoseChanges", params.LabelParam, label="Pose change from the input poses",
                        help="Histograms of the change in orientation and shift of every particle between "
-                            "the input poses and the refined ones (only if the input had poses).")
+                            "the input poses and the refined ones (only if the input had poses); with "
+                            "symmetry, the smallest change over symmetry-equivalent orientations.")
 
         group = form.addGroup("Maps")
         group.addParam("mapToShow", params.EnumParam, choices=[m[0] for m in self._mapChoices()], default=0,
@@ -105,7 +107,7 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
                        help="In ChimeraX when it is configured in Scipion, otherwise as central slices.")
         group.addParam("showMapSlices", params.LabelParam, label="Show central slices of the map")
 
-        if self._isNonUniform():
+        if self._isNonUniform() and all(os.path.exists(f) for _, f in self._cutoffFiles()):
             group = form.addGroup("Non-uniform filter cutoffs (local resolution)")
             group.addParam("showCutoffSlices", params.LabelParam, label="Cutoff maps as coloured slices",
                            help="The low-pass cutoff (Å) the non-uniform filter chose at every voxel for "
@@ -191,7 +193,7 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
         if before is None:
             return [self.infoMessage("The input particles had no poses (no projection alignment): there is "
                                      "nothing to compare the refined poses with.", "No input poses")]
-        _, angle, shift = convert.poseChanges(before, self.finalPoses())
+        _, angle, shift = convert.poseChanges(before, self.finalPoses(), self.protocol.symmetryGroup.get().strip())
         return self._plotView(plots.plot_pose_changes, [("input → refined", angle, shift)],
                               title=f"Pose change from the input poses ({self.protocol.getRunName()})")
 
@@ -215,10 +217,10 @@ class NonUniformRefineViewer(NonUniformViewerMixin, EmProtocolViewer):
         return [self.infoMessage("A uniform refinement has no cutoff maps.", "Uniform refinement")]
 
     def _showCutoffSlices(self, paramName=None):
-        return self._noCutoffs() or self._mapSlicesView(self._cutoffFiles(), "Non-uniform filter: local low-pass cutoff of each "
-                                   "half-set's reference (blue = finer detail kept)",
-                                   colorbarLabel="cutoff resolution (Å)", resolutionScale=True)
+        title = "Non-uniform filter: local low-pass cutoff of each half-set's reference (blue = finer detail kept)"
+        return self._noCutoffs() or self._mapSlicesView(self._cutoffFiles(), title,
+                                                        colorbarLabel="cutoff resolution (Å)", resolutionScale=True)
 
     def _showCutoffChimera(self, paramName=None):
-        return self._noCutoffs() or self._coloredSurfaceView(self._run("map.mrc"), self._cutoffFiles()[0][1], "non-uniform filter cutoff",
-                                        "map_colored_by_cutoff.cxc")
+        return self._noCutoffs() or self._coloredSurfaceView(self._run("map.mrc"), self._cutoffFiles()[0][1],
+                                                             "non-uniform filter cutoff", "map_colored_by_cutoff.cxc")
