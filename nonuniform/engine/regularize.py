@@ -111,7 +111,7 @@ def crop_spectrum(f, box, n):
     xp = get_array_module(f)
     h = n // 2
     idx = xp.concatenate([xp.arange(h), xp.arange(box - h, box)])
-    return f[idx][:, idx][:, :, : h + 1]
+    return f[xp.ix_(idx, idx, xp.arange(h + 1))]
 
 
 def upsample_linear(a, box):
@@ -225,20 +225,27 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     # holds its window's pass band (a Fourier crop samples the full-grid loss exactly, up to the
     # window's transform beyond the crop, < ``window_grid``'s tol).
     grids = [window_grid(box, r) for r in radii]
-    windows = [gaussian_window_ft(crop_spectrum(freq, box, n), r) for r, n in zip(radii, grids)]
-    best = [xp.full((n,) * 3, xp.inf, dtype=xp.float32) for n in grids]
-    arg = [xp.zeros((n,) * 3, dtype=xp.int16) for n in grids]
+    # Windows sharing a grid are transformed together; each grid's spectrum is cropped from the
+    # next larger one (the kept frequencies nest).
+    sizes = sorted(set(grids), reverse=True)
+    members = {n: [k for k, g in enumerate(grids) if g == n] for n in sizes}
+    windows = {n: xp.stack([gaussian_window_ft(crop_spectrum(freq, box, n), radii[k]) for k in members[n]])
+               for n in sizes}
+    best = {n: xp.full((len(members[n]),) + (n,) * 3, xp.inf, dtype=xp.float32) for n in sizes}
+    arg = {n: xp.zeros((len(members[n]),) + (n,) * 3, dtype=xp.int16) for n in sizes}
     for j, fc in enumerate(cutoffs):
         g = lowpass_gain(freq, fc, kind, order)
         y1 = fourier.irfftn_c(f1 * g, shape)
         y2 = fourier.irfftn_c(f2 * g, shape)
         err = (y1 - q2) ** 2 + (y2 - q1) ** 2
-        ferr = fourier.rfftn_c(err)
-        for k, (w, n) in enumerate(zip(windows, grids)):
-            loss = fourier.irfftn_c(crop_spectrum(ferr, box, n) * w, (n,) * 3)
-            better = loss < best[k]
-            best[k] = xp.where(better, loss, best[k])
-            arg[k] = xp.where(better, j, arg[k])
+        spec, m = fourier.rfftn_c(err), box
+        for n in sizes:
+            spec, m = crop_spectrum(spec, m, n), n
+            loss = fourier.irfftn_c(spec[None] * windows[n], (n,) * 3, axes=(1, 2, 3))
+            better = loss < best[n]
+            best[n] = xp.where(better, loss, best[n])
+            arg[n] = xp.where(better, xp.int16(j), arg[n])
+    arg = [arg[grids[k]][members[grids[k]].index(k)] for k in range(len(radii))]
     # Per voxel, the smallest window whose own choice it is wide enough for (radius >= awf / f_j).
     # Each window's choices are interpolated trilinearly between the samples of its grid (the
     # choice varies smoothly on the window's scale) and rounded to the nearest candidate.
