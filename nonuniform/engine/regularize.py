@@ -14,10 +14,11 @@ The window ``w_x`` is a property of the *voxel*, the same for every candidate co
 radius ρ(x) must be at least ``AWF × θ(x)``, θ(x) the wavelength the voxel selects. There is one
 window per candidate, of radius ``AWF / f_j`` (:func:`window_radii`); all candidates are compared
 under every window, and each voxel keeps the choice of the *smallest* window that is wide enough
-for the cutoff it chose there, so ρ(x) ≥ AWF·θ(x) holds at every voxel. (Giving each candidate its own window in the comparison biases it toward low
-cutoffs.) The windowed losses are evaluated on Fourier-cropped grids, as coarse as each window
-allows, and each window's choices are interpolated trilinearly back to the full grid; the tests
-compare this with a straightforward full-grid implementation.
+for the cutoff it chose there, so ρ(x) ≥ AWF·θ(x) holds at every voxel. (Giving each candidate
+its own window in the comparison biases it toward low cutoffs.) The windowed losses are evaluated
+on Fourier-cropped grids, as coarse as each window allows, and each window's choices are
+interpolated trilinearly back to the full grid; the tests compare this with a straightforward
+full-grid implementation.
 
 Everything streams over the candidates: memory is a few volumes, never one per candidate. Only the
 half-set's own folds enter its regularizer, so half-maps stay independent.
