@@ -11,9 +11,14 @@ Since ``q2 = truth + independent noise``, minimizing E_j minimizes the local err
 fold against the truth.
 
 The window ``w_x`` is a property of the *voxel*, the same for every candidate compared there: its
-radius is ``AWF × θ(x)``, θ(x) the wavelength the voxel selects. We evaluate all candidates under a
-few discrete window sizes and keep, per voxel, the window that is self-consistent with the cutoff it
-selects. (Giving each candidate its own window biases the comparison toward low cutoffs.)
+radius ρ(x) must be at least ``AWF × θ(x)``, θ(x) the wavelength the voxel selects. There is one
+window per candidate, of radius ``AWF / f_j`` (:func:`window_radii`); all candidates are compared
+under every window, and each voxel keeps the choice of the *smallest* window that is wide enough
+for the cutoff it chose there, so ρ(x) ≥ AWF·θ(x) holds at every voxel. (Giving each candidate
+its own window in the comparison biases it toward low cutoffs.) The windowed losses are evaluated
+on Fourier-cropped grids, as coarse as each window allows, and each window's choices are
+interpolated trilinearly back to the full grid; the tests compare this with a straightforward
+full-grid implementation.
 
 Everything streams over the candidates: memory is a few volumes, never one per candidate. Only the
 half-set's own folds enter its regularizer, so half-maps stay independent.
@@ -59,12 +64,33 @@ def gaussian_window_ft(freq, radius_px):
     return xp.exp(-2 * np.pi ** 2 * sigma ** 2 * freq * freq).astype(freq.dtype)
 
 
-def window_radii(box, awf, cutoffs, n_windows=6):
-    """Discrete window radii (px): geometric from ``awf`` × the finest wavelength to the coarsest,
-    capped at half the box."""
+def window_radii(awf, cutoffs, n_windows=None):
+    """Discrete window radii (px), ascending.
+
+    By default one window per candidate, of radius ``awf`` × its wavelength (``awf / cutoffs[j]``);
+    with ``n_windows``, that many radii geometric from ``awf / cutoffs[-1]`` to ``awf / cutoffs[0]``
+    (fewer windows, faster, but a voxel's window then exceeds ``awf`` × its wavelength by up to the
+    ratio of neighbouring radii, and the error grows with that ratio).
+    The largest radius is exactly ``awf / cutoffs[0]``, not capped at the box: every candidate has a
+    window wide enough for it (a window wider than the box is close to a plain average over it).
+    """
+    cutoffs = np.asarray(cutoffs, dtype=np.float64)
     lo = awf / cutoffs[-1]
-    hi = min(awf / cutoffs[0], box / 2.0)
-    return np.geomspace(lo, max(hi, lo), n_windows)
+    hi = awf / cutoffs[0]
+    if n_windows is None:
+        return (awf / cutoffs)[::-1].copy()
+    if n_windows < 2:
+        raise InputError(f"n_windows must be at least 2, got {n_windows}")
+    radii = np.geomspace(lo, hi, n_windows)
+    radii[0], radii[-1] = lo, hi  # exact end points: the largest window admits the lowest cutoff
+    return radii
+
+
+def min_candidate(radii, awf, cutoffs):
+    """Per window, the index of the lowest candidate it may select: the first ``j`` with
+    ``radius >= awf / cutoffs[j]`` (window at least ``awf`` wavelengths of the cutoff)."""
+    need = awf / np.asarray(cutoffs, dtype=np.float64)  # decreasing with j
+    return np.array([int(np.argmax(r >= need * (1 - 1e-9))) for r in radii], dtype=np.int64)
 
 
 def window_grid(box, radius_px, tol=1e-3):
@@ -73,11 +99,6 @@ def window_grid(box, radius_px, tol=1e-3):
     k_cut = np.sqrt(np.log(1 / tol) / (2 * np.pi ** 2)) / sigma  # cycles/px where the FT is tol
     n = int(np.ceil(2 * k_cut * box / 2.0)) * 2
     return int(min(box, max(8, n)))
-
-
-def _crop_freq(freq, box, n):
-    """|k| (cycles/px of the full grid) on the cropped rfft grid of size n."""
-    return crop_spectrum(freq, box, n)
 
 
 def crop_spectrum(f, box, n):
@@ -91,17 +112,31 @@ def crop_spectrum(f, box, n):
     xp = get_array_module(f)
     h = n // 2
     idx = xp.concatenate([xp.arange(h), xp.arange(box - h, box)])
-    return f[idx][:, idx][:, :, : h + 1]
+    return f[xp.ix_(idx, idx, xp.arange(h + 1))]
 
 
-def upsample_nearest(a, box):
-    """Nearest-neighbour resampling of an n³ map (origin at n//2) onto box³ (origin at box//2)."""
+def upsample_linear(a, box):
+    """Periodic trilinear resampling of an n³ map (origin at n//2) onto box³ (origin at box//2).
+
+    Sample ``i`` of the n³ grid sits at full-grid voxel ``box//2 + (i - n//2) * box/n`` (the
+    Fourier-cropped grid of :func:`crop_spectrum`); the map wraps around as the FFT grid does.
+    """
     n = a.shape[0]
+    xp = get_array_module(a)
+    a = a.astype(xp.float32)
     if n == box:
         return a
-    xp = get_array_module(a)
-    i = xp.clip(xp.rint((xp.arange(box) - box // 2) * (n / box)).astype(xp.int64) + n // 2, 0, n - 1)
-    return a[i][:, i][:, :, i]
+    u = (xp.arange(box, dtype=xp.float64) - box // 2) * (n / box) + n // 2
+    i0 = xp.floor(u).astype(xp.int64)
+    w = (u - i0).astype(xp.float32)
+    i1 = (i0 + 1) % n
+    i0 = i0 % n
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = box
+        wa = w.reshape(shape)
+        a = xp.take(a, i0, axis=axis) * (1 - wa) + xp.take(a, i1, axis=axis) * wa
+    return a
 
 
 @dataclasses.dataclass
@@ -118,12 +153,19 @@ class NUResult:
         Index of the selected candidate.
     cutoffs_inv_px : (J,) float64
         Candidate cutoffs (cycles/px).
+    window_index : (N, N, N) int16
+        Index of the window (in ``window_radii_px``) whose comparison chose the voxel's cutoff.
+    window_radii_px : (K,) float64
+        Window radii (px); ``window_radii_px[window_index] >= awf / cutoffs_inv_px[cutoff_index]``
+        at every voxel.
     """
 
     filtered: np.ndarray
     cutoff_ang: np.ndarray
     cutoff_index: np.ndarray
     cutoffs_inv_px: np.ndarray
+    window_index: np.ndarray
+    window_radii_px: np.ndarray
 
 
 def check_nu_options(awf, order, n_cutoffs, kind, names=("awf", "order", "n_cutoffs", "filter type")):
@@ -136,7 +178,7 @@ def check_nu_options(awf, order, n_cutoffs, kind, names=("awf", "order", "n_cuto
 
 
 def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8, n_cutoffs=50,
-              kind="butterworth", n_windows=6, mask=None):
+              kind="butterworth", n_windows=None, mask=None):
     """Cross-validated spatially adaptive low-pass filter (NU regularizer) of one half-set.
 
     Parameters
@@ -155,8 +197,8 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
         Number of candidate cutoffs, equispaced in frequency up to Nyquist (default 50).
     kind : str
         Candidate filter type: ``butterworth`` (default), ``gaussian`` or ``rect``.
-    n_windows : int
-        Number of discrete window sizes.
+    n_windows : int, optional
+        Number of discrete window sizes (default: one per candidate, see :func:`window_radii`).
     mask : ndarray, optional
         Voxels outside ``mask > 0`` get the lowest cutoff (solvent).
 
@@ -178,39 +220,59 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     q1 = xp.asarray(fold1, dtype=xp.float32)
     q2 = xp.asarray(fold2, dtype=xp.float32)
     cutoffs = candidate_cutoffs(box, n_cutoffs)
-    radii = window_radii(box, awf, cutoffs, n_windows)
-    # The windowed losses are smooth on the window's scale: evaluate each on the coarsest grid
-    # that holds its window's pass band (Fourier crop), then bring the choices back to N³.
+    radii = window_radii(awf, cutoffs, n_windows)
+    j_min = min_candidate(radii, awf, cutoffs)
+    # The windowed losses are smooth on the window's scale: evaluate each on the coarsest grid that
+    # holds its window's pass band (a Fourier crop samples the full-grid loss exactly, up to the
+    # window's transform beyond the crop, < ``window_grid``'s tol).
     grids = [window_grid(box, r) for r in radii]
-    windows = [gaussian_window_ft(_crop_freq(freq, box, n), r) for r, n in zip(radii, grids)]
-    best = [xp.full((n,) * 3, xp.inf, dtype=xp.float32) for n in grids]
-    arg = [xp.zeros((n,) * 3, dtype=xp.int16) for n in grids]
+    # Windows sharing a grid are transformed together; each grid's spectrum is cropped from the
+    # next larger one (the kept frequencies nest).
+    sizes = sorted(set(grids), reverse=True)
+    members = {n: [k for k, g in enumerate(grids) if g == n] for n in sizes}
+    windows = {n: xp.stack([gaussian_window_ft(crop_spectrum(freq, box, n), radii[k]) for k in members[n]])
+               for n in sizes}
+    best = {n: xp.full((len(members[n]),) + (n,) * 3, xp.inf, dtype=xp.float32) for n in sizes}
+    arg = {n: xp.zeros((len(members[n]),) + (n,) * 3, dtype=xp.int16) for n in sizes}
     for j, fc in enumerate(cutoffs):
         g = lowpass_gain(freq, fc, kind, order)
         y1 = fourier.irfftn_c(f1 * g, shape)
         y2 = fourier.irfftn_c(f2 * g, shape)
         err = (y1 - q2) ** 2 + (y2 - q1) ** 2
-        ferr = fourier.rfftn_c(err)
-        for k, (w, n) in enumerate(zip(windows, grids)):
-            loss = fourier.irfftn_c(crop_spectrum(ferr, box, n) * w, (n,) * 3)
-            better = loss < best[k]
-            best[k] = xp.where(better, loss, best[k])
-            arg[k] = xp.where(better, j, arg[k])
-    arg = xp.stack([upsample_nearest(a, box) for a in arg])
-    # Per voxel, the window consistent with its own choice: radius closest (in log) to awf / f_j*.
-    wanted = xp.log(awf / xp.asarray(cutoffs, dtype=xp.float32)[arg.astype(xp.int64)])
-    mismatch = xp.abs(wanted - xp.log(xp.asarray(radii, dtype=xp.float32))[:, None, None, None])
-    k_sel = xp.argmin(mismatch, axis=0)
-    choice = xp.take_along_axis(arg, k_sel[None].astype(xp.int64), axis=0)[0]
+        spec, m = fourier.rfftn_c(err), box
+        for n in sizes:
+            spec, m = crop_spectrum(spec, m, n), n
+            loss = fourier.irfftn_c(spec[None] * windows[n], (n,) * 3, axes=(1, 2, 3))
+            better = loss < best[n]
+            best[n] = xp.where(better, loss, best[n])
+            arg[n] = xp.where(better, xp.int16(j), arg[n])
+    arg = [arg[grids[k]][members[grids[k]].index(k)] for k in range(len(radii))]
+    # Per voxel, the smallest window whose own choice it is wide enough for (radius >= awf / f_j).
+    # Each window's choices are interpolated trilinearly between the samples of its grid (the
+    # choice varies smoothly on the window's scale) and rounded to the nearest candidate.
+    # The largest window admits every candidate (j_min = 0), so every voxel gets one there at last.
+    choice = xp.zeros(shape, dtype=xp.int16)
+    window = xp.full(shape, len(radii) - 1, dtype=xp.int16)
+    open_ = xp.ones(shape, dtype=bool)
+    for k in range(len(radii)):
+        idx = xp.clip(xp.rint(upsample_linear(arg[k], box)), 0, len(cutoffs) - 1).astype(xp.int16)
+        ok = open_ & (idx >= j_min[k])
+        choice = xp.where(ok, idx, choice)
+        window = xp.where(ok, xp.int16(k), window)
+        open_ = open_ & ~ok
     if mask is not None:
-        choice = xp.where(xp.asarray(mask) > 0, choice, 0).astype(xp.int16)
+        # Solvent takes the lowest cutoff, under the largest window (the one that admits it).
+        inside = xp.asarray(mask) > 0
+        choice = xp.where(inside, choice, 0).astype(xp.int16)
+        window = xp.where(inside, window, len(radii) - 1).astype(xp.int16)
     filtered = xp.zeros(shape, dtype=xp.float32)
     for j in np.unique(xp.asnumpy(choice) if xp is not np else choice):
         y = fourier.irfftn_c(fm * lowpass_gain(freq, cutoffs[j], kind, order), shape)
         filtered = xp.where(choice == j, y, filtered)
     cutoff_ang = (pixel_size_ang / xp.asarray(cutoffs, dtype=xp.float32))[choice.astype(xp.int64)]
     return NUResult(filtered=filtered.astype(xp.float32), cutoff_ang=cutoff_ang.astype(xp.float32),
-                    cutoff_index=choice.astype(xp.int16), cutoffs_inv_px=cutoffs)
+                    cutoff_index=choice.astype(xp.int16), cutoffs_inv_px=cutoffs,
+                    window_index=window.astype(xp.int16), window_radii_px=radii)
 
 
 def uniform_fsc_filter(fold1, fold2, half_map=None):

@@ -29,6 +29,119 @@ def regional():
     return truth, r, q1, q2, regularize.nu_filter(q1, q2, pixel_size_ang=1.0)
 
 
+def reference_nu_filter(fold1, fold2, awf=3.0, order=8, n_cutoffs=50, kind="butterworth", n_windows=None):
+    """Straightforward full-grid NU filter with the rule of :func:`regularize.nu_filter`.
+
+    Same candidates and windows; every windowed loss on the full N³ grid (no Fourier crop, no
+    resampling); per voxel the smallest window whose own choice ``j`` it is wide enough for,
+    ``radius >= awf / f_j``. Returns (filtered map, cutoff index, window index).
+    """
+    shape = fold1.shape
+    freq = fourier.radial_freq_rfft(shape)
+    cutoffs = regularize.candidate_cutoffs(shape[0], n_cutoffs)
+    radii = regularize.window_radii(awf, cutoffs, n_windows)
+    f1, f2 = fourier.rfftn_c(fold1), fourier.rfftn_c(fold2)
+    windows = [regularize.gaussian_window_ft(freq, r) for r in radii]
+    best = np.full((len(radii),) + shape, np.inf, np.float32)
+    arg = np.zeros((len(radii),) + shape, np.int64)
+    for j, fc in enumerate(cutoffs):
+        g = regularize.lowpass_gain(freq, fc, kind, order)
+        e = (fourier.irfftn_c(f1 * g, shape) - fold2) ** 2 + (fourier.irfftn_c(f2 * g, shape) - fold1) ** 2
+        fe = fourier.rfftn_c(e)
+        for k, w in enumerate(windows):
+            loss = fourier.irfftn_c(fe * w, shape)
+            better = loss < best[k]
+            best[k][better] = loss[better]
+            arg[k][better] = j
+    wide_enough = radii[:, None, None, None] >= awf / cutoffs[arg] * (1 - 1e-9)
+    window = np.argmax(wide_enough, axis=0)  # the first (smallest) such window; the last always is
+    assert wide_enough.any(axis=0).all()
+    choice = np.take_along_axis(arg, window[None], axis=0)[0]
+    fm = (f1 + f2) / 2
+    filtered = np.zeros(shape, np.float32)
+    for j in np.unique(choice):
+        filtered[choice == j] = fourier.irfftn_c(fm * regularize.lowpass_gain(freq, cutoffs[j], kind, order),
+                                                 shape)[choice == j]
+    return filtered, choice, window
+
+
+@pytest.fixture(scope="module")
+def regional_reference(regional):
+    truth, r, q1, q2, _ = regional
+    return reference_nu_filter(q1, q2)
+
+
+def _rel_mse(v, truth):
+    return float(np.mean((v - truth) ** 2) / np.mean(truth ** 2))
+
+
+def _neighbour_jumps(index):
+    """|Δ index| between neighbouring voxels along the three axes (periodic), flattened."""
+    index = index.astype(np.int64)
+    return np.concatenate([np.abs(np.roll(index, 1, axis=a) - index).ravel() for a in range(3)])
+
+
+def test_fast_path_agrees_with_full_grid_reference(regional, regional_reference):
+    truth, r, q1, q2, res = regional
+    ref_filtered, ref_choice, ref_window = regional_reference
+    inside = r < 0.35 * 64  # the phantom's blobs lie within 0.35 N of the centre
+    within_one = np.mean(np.abs(res.cutoff_index.astype(int) - ref_choice)[inside] <= 1)
+    # Measured 99.6 % (seeds 0-2: 99.6-100 %); the Fourier crop samples the losses exactly and only
+    # the interpolation between samples differs. The previous nearest-neighbour path: 62 %.
+    assert within_one >= 0.9, within_one
+    # Error vs truth: measured 0.0113 fast, 0.0115 reference; the previous filter (windows down to
+    # 0.8 × awf θ, nearest-neighbour choices) had 0.0123 on this phantom and seed. No slack on either
+    # bound is needed: the run is seeded and deterministic, and the margins (2 %, 8 %) exceed
+    # float32/FFT-library differences.
+    assert _rel_mse(res.filtered, truth) <= 0.0123
+    assert _rel_mse(res.filtered, truth) <= _rel_mse(ref_filtered, truth)
+
+
+def test_cutoff_map_is_smooth(regional, regional_reference):
+    truth, r, q1, q2, res = regional
+    _, ref_choice, _ = regional_reference
+    fast, ref = _neighbour_jumps(res.cutoff_index), _neighbour_jumps(ref_choice)
+    # Nearest-neighbour blocks put all of a choice's change into jumps at block edges: mean and
+    # large jumps both grow. Measured (seed 0): mean 0.61 vs 0.66 (reference), jumps > 2 candidates
+    # 0.5 % vs 1.6 %; the previous nearest-neighbour path had 0.81 and 12.9 %.
+    assert fast.mean() <= ref.mean()
+    assert np.mean(fast > 2) <= np.mean(ref > 2)
+
+
+@pytest.mark.parametrize("awf, n_windows, masked", [(3.0, None, False), (2.0, None, True), (4.0, 8, True)])
+def test_window_is_at_least_awf_wavelengths(awf, n_windows, masked):
+    rng = np.random.default_rng(3)
+    truth, r = regional_phantom(32, rng)
+    q1, q2 = (truth + rng.normal(0, 0.6 * truth.std(), truth.shape).astype(np.float32) for _ in range(2))
+    mask = (r < 12).astype(np.float32) if masked else None
+    res = regularize.nu_filter(q1, q2, awf=awf, n_windows=n_windows, n_cutoffs=20, mask=mask)
+    radius = res.window_radii_px[res.window_index]
+    wavelength = 1.0 / res.cutoffs_inv_px[res.cutoff_index]
+    # Relative 1e-9: the rule's own float64 tolerance; radii and cutoffs are exact float64 here.
+    assert (radius >= awf * wavelength * (1 - 1e-9)).all()
+    # Not trivially: most voxels the filter chose for (inside the mask) use a window below the
+    # largest, i.e. the rule picked a local window (solvent gets the largest, see nu_filter).
+    chosen = r < 12 if masked else np.ones(r.shape, bool)
+    assert np.mean(res.window_index[chosen] < len(res.window_radii_px) - 1) > 0.5
+    assert res.window_radii_px[-1] == pytest.approx(awf / res.cutoffs_inv_px[0], rel=1e-12)
+
+
+def test_upsample_linear_interpolates_between_samples():
+    n, box = 8, 32
+    a = np.random.default_rng(4).normal(size=(n, n, n)).astype(np.float32)
+    up = regularize.upsample_linear(a, box)
+    step = box // n
+    # Coarse sample i sits at full-grid voxel box//2 + (i - n//2) * box/n: reproduced exactly there.
+    at = (box // 2 + (np.arange(n) - n // 2) * step) % box
+    np.testing.assert_allclose(up[np.ix_(at, at, at)], a, rtol=0, atol=1e-6)
+    # Half-way between samples 0 and 1 along x (the others at samples): their mean; and it wraps
+    # (half-way between the last sample and the first).
+    mid = (at[0] + step // 2, at[-1] + step // 2)
+    np.testing.assert_allclose(up[at[2], at[3], mid[0] % box], (a[2, 3, 0] + a[2, 3, 1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(up[at[2], at[3], mid[1] % box], (a[2, 3, -1] + a[2, 3, 0]) / 2, atol=1e-6)
+    assert regularize.upsample_linear(a, n) is not None and np.array_equal(regularize.upsample_linear(a, n), a)
+
+
 def test_nu_beats_uniform_on_regional_phantom(regional):
     truth, r, q1, q2, res = regional
     uni = regularize.uniform_fsc_filter(q1, q2)
