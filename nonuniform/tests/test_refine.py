@@ -149,6 +149,21 @@ def _perturb_half(tiny, folder, half):
     return folder, hit
 
 
+def _iterate_both(tiny, bad, tmp_path, split_ang, n_iterations):
+    """NU iterations on ``tiny`` and on its perturbed copy ``bad``: per run, [(State, IterationMaps)]."""
+    runs = []
+    for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
+        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=split_ang, nu_cutoffs=12,
+                           max_iterations=n_iterations, min_global_iterations=1, initial_lowpass_ang=20)
+        r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
+        st, per_iteration = r._initial_state(), []
+        for _ in range(n_iterations):
+            st, maps = r.iterate(st)
+            per_iteration.append((st, maps))
+        runs.append(per_iteration)
+    return runs
+
+
 @pytest.mark.parametrize("perturbed", [2, 1])
 def test_nu_half_sets_stay_independent(tiny, tmp_path, perturbed):
     """NU mode, join disabled: perturbing one half-set's images leaves the other's poses, raw map,
@@ -157,17 +172,8 @@ def test_nu_half_sets_stay_independent(tiny, tmp_path, perturbed):
     bad, hit = _perturb_half(tiny, tmp_path / "perturbed", perturbed)
     kept = 3 - perturbed  # the other half-set
     other = ~hit
-    runs = []
-    for folder, out in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
-        # Three iterations: the first with the initial plan, then plans from each half's own results.
-        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=0, nu_cutoffs=12, max_iterations=3,
-                           min_global_iterations=1, initial_lowpass_ang=20)
-        r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(out), cfg)
-        st, per_iteration = r._initial_state(), []
-        for _ in range(3):
-            st, maps = r.iterate(st)
-            per_iteration.append((st, maps))
-        runs.append(per_iteration)
+    # Three iterations: the first with the initial plan, then plans from each half's own results.
+    runs = _iterate_both(tiny, bad, tmp_path, split_ang=0, n_iterations=3)
     k = kept - 1
     for it, ((sa, ma), (sb, mb)) in enumerate(zip(*runs), start=1):
         assert np.array_equal(sa.rotations[other], sb.rotations[other]), it
@@ -190,17 +196,11 @@ def test_join_shares_only_frequencies_below_the_split(tiny, tmp_path):
 
     bad, hit = _perturb_half(tiny, tmp_path / "perturbed", 2)
     other = ~hit
-    out = []
-    for folder, run in ((tiny, tmp_path / "a"), (bad, tmp_path / "b")):
-        cfg = RefineConfig(mode="nonuniform", gsfsc_split_ang=20.0, nu_cutoffs=12, max_iterations=1,
-                           min_global_iterations=1, initial_lowpass_ang=20)
-        r = Refinement(str(folder / "particles.star"), str(folder / "truth.mrc"), str(run), cfg)
-        out.append(r.iterate(r._initial_state()))
-    (sa, ma), (sb, mb) = out
+    [(sa, ma)], [(sb, mb)] = _iterate_both(tiny, bad, tmp_path, split_ang=20.0, n_iterations=1)
     assert np.array_equal(sa.rotations[other], sb.rotations[other])
     assert np.array_equal(ma.halves[1], mb.halves[1])
     fa, fb = fourier.rfftn_c(sa.references[0]), fourier.rfftn_c(sb.references[0])
-    k = fourier.radial_freq_rfft(sa.references[0].shape) / r.apix
+    k = fourier.radial_freq_rfft(sa.references[0].shape) / 3.0  # tiny is at 3 Å/px
     low, high = k < 1 / 20.0 - 1e-6, k > 1 / 20.0 + 1e-6
     diff = np.abs(fa - fb)
     # Below the split the references share half-set 2's (perturbed) data: they differ by a sizeable
