@@ -23,7 +23,10 @@ def test_scipion_demo_small(tmp_path):
                           "--n-particles", "300", "--box", "32", "--pixel-size", "3.5", "--snr", "0.5",
                           "--iterations", "3", "--threads", "2"],
                          capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    if res.returncode != 0:
+        logs = sorted(out.glob("nonuniform_demo/Runs/*/logs/run.stderr"))
+        pytest.fail(res.stdout[-3000:] + res.stderr[-3000:] + "".join(
+            f"\n--- {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size))
     labels = ["non-uniform refinement", "uniform refinement"]
     if scipion_demo.relion_available():
         labels.append("RELION 3D auto-refine")

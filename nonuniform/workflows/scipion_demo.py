@@ -30,6 +30,7 @@ import time
 logger = logging.getLogger("nonuniform.demo.scipion")
 
 PROJECT = "nonuniform_demo"
+RELION_RANKS = 3  # auto-refine's minimum: a leader and one worker per half-set
 
 
 def scipion_environment(folder):
@@ -39,7 +40,8 @@ def scipion_environment(folder):
     new interpreter (``main`` does). Outside a Scipion installation: domain ``pwem``, the user-data
     folder ``folder/ScipionUserData``, a hosts.conf whose MPI command allows 3 RELION ranks on a
     small machine, this interpreter for the protocols, and RELION_HOME for scipion-em-relion
-    (RELION's programs on PATH in a folder named after its version, which the plugin reads).
+    (RELION's programs on PATH in a folder named after its version, which the plugin reads). On
+    fewer than 3 cores, Open MPI is allowed to oversubscribe whichever hosts.conf is in use.
     """
     changed = False
 
@@ -69,6 +71,8 @@ def scipion_environment(folder):
     if os.geteuid() == 0:  # Open MPI refuses root unless told (containers, CI)
         default("OMPI_ALLOW_RUN_AS_ROOT", "1")
         default("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    if (os.cpu_count() or 1) < RELION_RANKS:  # RELION's 3 ranks on fewer cores, whatever hosts.conf says
+        default("OMPI_MCA_rmaps_base_oversubscribe", "1")
     return changed
 
 
@@ -185,7 +189,7 @@ def run(folder, n_particles=2000, box=64, pixel_size=2.0, snr=0.1, seed=0, max_i
             logger.info("RELION's refinement left out: scipion-em-relion or RELION's programs are not installed")
     if with_relion:
         prot = project.newProtocol(Domain.findClass("ProtRelionRefine3D"), initialLowPassFilterA=30.0,
-                                   maskDiameterA=int(0.8 * box * pixel_size), doGpu=False, numberOfMpi=3,
+                                   maskDiameterA=int(0.8 * box * pixel_size), doGpu=False, numberOfMpi=RELION_RANKS,
                                    numberOfThreads=1,
                                    localSearchAutoSamplingDeg=relion_finest_sampling(0.8 * box * pixel_size,
                                                                                      pixel_size))
