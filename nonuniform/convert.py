@@ -258,9 +258,7 @@ def copyRefinedParticles(inputSet, outputSet, starFile):
 
 def readFscCurves(csvFile):
     """The engine's ``fsc.csv`` as a list of labelled Scipion ``FSC`` objects (x in 1/Å)."""
-    from .engine.fsc import read_fsc_csv
-
-    cols, _ = read_fsc_csv(csvFile)
+    cols, _ = readFscTable(csvFile)
     out = []
     for key, label in FSC_LABELS.items():
         if key in cols:
@@ -367,12 +365,12 @@ def posesFromStar(starFile):
 def posesFromSet(partSet):
     """:class:`Poses` of the enabled items of an ``ALIGN_PROJ`` SetOfParticles, ids = ``objId``."""
     apix = float(partSet.getSamplingRate())
-    ids, rows = [], []
+    ids, matrices = [], []
     for p in partSet.iterItems(orderBy="id"):
         if p.isEnabled():
             ids.append(p.getObjId())
-            rows.append(geometryFromMatrix(p.getTransform().getMatrix()))
-    rot, tilt, psi, ox, oy = np.array(rows, dtype=np.float64).reshape(-1, 5).T
+            matrices.append(p.getTransform().getMatrix())
+    rot, tilt, psi, ox, oy = geometryFromMatrices(np.array(matrices, dtype=np.float64).reshape(-1, 4, 4))
     return Poses(ids, rot, tilt, psi, np.stack([ox, oy], axis=1) * apix)
 
 
