@@ -314,18 +314,11 @@ def coarseStartWarning(diameterA, lowpassA):
             f"A start at {diameterA / 4:.0f} Å or finer is safer.")
 
 
-def gpuProblem():
-    """Why the engine cannot run on a GPU here (a message), or None if cupy sees a device."""
-    try:
-        import cupy
-    except ImportError:
-        return "cupy is not installed (pip install 'scipion-em-nonuniform[gpu]')"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "cupy sees no CUDA device"
-    except Exception as exc:  # no driver / no device: cupy raises CUDARuntimeError
-        return f"no usable CUDA device ({exc})"
-    return None
+def gpuProblem(gpuId=0):
+    """Why the engine cannot run on GPU ``gpuId`` here (a sentence), or None when it can."""
+    from .engine.backend import gpu_problem
+
+    return gpu_problem(gpuId)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -174,15 +174,24 @@ def add_refine_args(p):
                    help="resume a killed or finished run from its last checkpoint (same outputs as an "
                         "uninterrupted run)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
-    p.add_argument("--gpu", help="GPU ids (not available in this version: refused)")
+    p.add_argument("--gpu", metavar="ID", help="run the pose search, backprojection, reconstruction and NU "
+                   "regularization on CUDA device ID (needs the gpu extra: cupy); one device per process")
+
+
+def gpu_id(text):
+    """The device id of ``--gpu``: one non-negative integer (InputError otherwise)."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    if not t.isdigit():
+        raise InputError(f"--gpu {text!r}: expected one CUDA device id (0, 1, ...); one process drives one GPU")
+    return int(t)
 
 
 def run_refine(args):
     from .refine import RefineConfig, Refinement
 
-    if args.gpu:
-        raise InputError("--gpu: the GPU path of refine is not implemented yet; run on the CPU")
-    cfg = RefineConfig(mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
+    cfg = RefineConfig(gpu=gpu_id(args.gpu), mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
                        initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,

@@ -9,11 +9,12 @@ import dataclasses
 import numpy as np
 
 from . import fourier
-from .particles import read_images
+from .backend import CPU, asnumpy, get_array_module
 from .pipeline import particle_ctfs
 from .pose_search import SearchParams, global_search, local_search
 from .project import Projector, shift_phase
 from .reconstruct import BackProjector, insert_concurrently
+from .streaming import ImageBatches
 
 # (image, pose) pairs backprojected per call: ~40 MB of centred spectra, CTFs and weights at box 96.
 INSERT_CHUNK = 512
@@ -33,10 +34,11 @@ class HalfSetStep:
 
 
 def shell_power(spectra, box):
-    """Mean |F|² per integer shell of rfft2_c spectra (n, N, N//2+1), Hermitian-weighted."""
+    """Mean |F|² per integer shell of rfft2_c spectra (n, N, N//2+1), Hermitian-weighted (host numpy)."""
+    xp = get_array_module(spectra)
     shells = fourier.shell_index_rfft((box, box)).ravel()
     h = np.broadcast_to(fourier.rfft_hermitian_weights((box, box)), (box, box // 2 + 1)).ravel()
-    p = (np.abs(spectra.reshape(len(spectra), -1)) ** 2 * h).sum(axis=0)
+    p = asnumpy((xp.abs(spectra.reshape(len(spectra), -1)) ** 2 * xp.asarray(h)).sum(axis=0))
     n_sh = box // 2 + 1
     sel = shells < n_sh
     tot = np.bincount(shells[sel], weights=p[sel], minlength=n_sh)
@@ -46,9 +48,10 @@ def shell_power(spectra, box):
 
 def fit_scale(data, pred):
     """Least-squares per-image scale of ``pred`` to ``data`` (spectra), applied to ``pred``."""
-    num = np.real(np.sum(data * np.conj(pred), axis=(1, 2)))
-    den = np.sum(np.abs(pred) ** 2, axis=(1, 2))
-    return pred * (num / np.maximum(den, 1e-30))[:, None, None]
+    xp = get_array_module(data, pred)
+    num = xp.real(xp.sum(data * xp.conj(pred), axis=(1, 2)))
+    den = xp.sum(xp.abs(pred) ** 2, axis=(1, 2))
+    return pred * (num / xp.maximum(den, 1e-30))[:, None, None]
 
 
 def _backproject_poses(bps, folds, images_ft, ctfs, res, post, weights, sym_ops):
@@ -60,24 +63,26 @@ def _backproject_poses(bps, folds, images_ft, ctfs, res, post, weights, sym_ops)
     (image, pose) pairs bound the memory; the two folds fill in parallel threads.
     """
     box = images_ft.shape[1]
+    dev = bps[0].device
     rows_all, ranks_all = np.nonzero(post)  # row-major order: each particle's poses together
-    for s in range(0, len(rows_all), INSERT_CHUNK):
-        r, k = rows_all[s:s + INSERT_CHUNK], ranks_all[s:s + INSERT_CHUNK]
-        centred = images_ft[r] * shift_phase(box, -res.candidate_shifts_px[r, k])
-        p = post[r, k].astype(np.float32)
+    chunk = INSERT_CHUNK if dev.is_cpu else 8 * INSERT_CHUNK  # a GPU wants more threads per launch
+    for s in range(0, len(rows_all), chunk):
+        r, k = rows_all[s:s + chunk], ranks_all[s:s + chunk]
+        centred = images_ft[dev.asarray(r)] * shift_phase(box, -res.candidate_shifts_px[r, k], xp=dev.xp)
+        p = dev.asarray(post[r, k].astype(np.float32))
         jobs = []
         for f in (0, 1):
             sel = folds[r] == f
             if sel.any():
-                rf = r[sel]
-                jobs.append((bps[f], (centred[sel], None if ctfs is None else ctfs[rf],
-                                      res.candidate_rotations[rf, k[sel]]),
-                             {"weights": weights[None] * p[sel, None, None], "symmetry": sym_ops}))
+                rf, sel_d = dev.asarray(r[sel]), dev.asarray(sel)
+                jobs.append((bps[f], (centred[sel_d], None if ctfs is None else ctfs[rf],
+                                      res.candidate_rotations[r[sel], k[sel]]),
+                             {"weights": weights[None] * p[sel_d, None, None], "symmetry": sym_ops}))
         insert_concurrently(jobs)
 
 
 def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, search, rng, sym_ops,
-                          prev_rotations=None, prev_shifts_px=None):
+                          prev_rotations=None, prev_shifts_px=None, device=CPU):
     """One half-set's E- and M-step.
 
     Parameters
@@ -97,11 +102,14 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
         The iteration's search plan. Local searches start from ``prev_rotations``/``prev_shifts_px``.
     rng : numpy.random.Generator
     sym_ops : (S, 3, 3)
+    device : backend.Device
+        Where the search and the backprojection run; the fold accumulators stay there.
     """
     glob_, step, r_max = search
     box = particles.box_px
-    proj = Projector(reference, pad=cfg.pad)
-    bps = [BackProjector(box, pad=cfg.pad), BackProjector(box, pad=cfg.pad)]
+    xp = device.xp
+    proj = Projector(reference, pad=cfg.pad, device=device)
+    bps = [BackProjector(box, pad=cfg.pad, device=device), BackProjector(box, pad=cfg.pad, device=device)]
     m = len(idx_all)
     out_rot, out_shift = np.zeros((m, 3, 3)), np.zeros((m, 2))
     pmax, n_poses = np.ones(m), np.ones(m, np.int64)
@@ -110,15 +118,15 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
         inv_s2 = (1.0 / np.maximum(sigma2, 1e-6 * sigma2.max())).astype(np.float32)
     metric = "likelihood" if inv_s2 is not None else "cc"
     # Coarse shifts every 2 px (RELION's offset step at oversampling 1), halved per level.
+    gpu = {} if device.is_cpu else {"image_batch": 1024, "local_batch": 512}
     params = SearchParams(coarse_step_deg=cfg.initial_step_deg, final_step_deg=step,
                           shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric,
-                          final_top_k=cfg.posterior_poses)
-    shell_of_pixel = fourier.shell_index_rfft((box, box))
-    for start in range(0, m, cfg.batch):
-        b = slice(start, start + cfg.batch)
+                          final_top_k=cfg.posterior_poses, max_batch_bytes=device.batch_bytes(), **gpu)
+    shell_of_pixel = device.asarray(fourier.shell_index_rfft((box, box)))
+    for b, images in ImageBatches(particles, idx_all, cfg.batch, device):
         idx = idx_all[b]
-        images_ft = fourier.rfft2_c(read_images(particles, idx))
-        ctfs = particle_ctfs(particles, idx)
+        images_ft = fourier.rfft2_c(images)
+        ctfs = particle_ctfs(particles, idx, xp=xp)
         weights_shell = inv_s2 if inv_s2 is not None else (
             1.0 / np.maximum(shell_power(images_ft, box), 1e-12)).astype(np.float32)
         if glob_:
@@ -130,13 +138,13 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
         out_rot[b], out_shift[b] = res.rotations, res.shifts_px
         # Noise model from the residuals at the new poses, full frequency range; the prediction is
         # scaled to the data first (the first reference's greyscale is arbitrary).
-        pred = proj.project(res.rotations) * shift_phase(box, res.shifts_px)
+        pred = proj.project(res.rotations) * shift_phase(box, res.shifts_px, xp=xp)
         if ctfs is not None:
             pred = pred * ctfs
         resid += shell_power(images_ft - fit_scale(images_ft, pred), box) * len(idx)
         # Backproject, noise-weighted, into the particle's fold: at the best pose, or (likelihood
         # metric) at each of the top-K candidates weighted by its posterior probability.
-        w = weights_shell[np.minimum(shell_of_pixel, len(weights_shell) - 1)]
+        w = device.asarray(weights_shell)[xp.minimum(shell_of_pixel, len(weights_shell) - 1)]
         post = (res.posterior(cfg.min_posterior) if cfg.marginalize and metric == "likelihood"
                 else np.eye(1, res.candidate_scores.shape[1]).repeat(len(idx), 0))
         pmax[b] = post.max(axis=1)

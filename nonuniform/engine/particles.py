@@ -332,7 +332,7 @@ def check_images(particles, batch=1024):
         read_images(particles, np.arange(start, min(start + batch, len(particles))))
 
 
-def read_images(particles, indices):
+def read_images(particles, indices, out=None):
     """Read particle images from their memory-mapped stacks.
 
     Parameters
@@ -340,6 +340,8 @@ def read_images(particles, indices):
     particles : Particles
     indices : (k,) int array-like
         Particle numbers (0-based rows of the STAR file).
+    out : (k, N, N) float32 array, optional
+        Where to put them (e.g. a pinned host buffer for a GPU upload).
 
     Returns
     -------
@@ -357,7 +359,10 @@ def read_images(particles, indices):
         raise IndexError(f"particle indices must be in [0, {n}), got "
                          f"{indices.min()}..{indices.max()}")
     box = particles.box_px
-    out = np.empty((indices.size, box, box), dtype=np.float32)
+    if out is None:
+        out = np.empty((indices.size, box, box), dtype=np.float32)
+    elif out.shape != (indices.size, box, box) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(indices.size, box, box)}, got {out.dtype} {out.shape}")
     by_file = {}
     for k, i in enumerate(indices.tolist()):
         index0, path = particles.image_refs[i]

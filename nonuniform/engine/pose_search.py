@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
+from .backend import asnumpy
 from .scoring import (TemplateBank, check_metric, gather, pixel_set, pixel_weights, score_candidates, score_poses,
                       shift_grid)
 
@@ -125,14 +126,19 @@ class _Data:
                              f"reference ({projector.box})")
         if ctfs is not None and ctfs.shape != images_ft.shape:
             raise ValueError(f"ctfs shape {ctfs.shape} differs from images_ft shape {images_ft.shape}")
-        self.images_ft, self.ctfs, self.inv_sigma2 = images_ft, ctfs, np.asarray(inv_sigma2_per_shell)
+        self.images_ft, self.ctfs, self.inv_sigma2 = images_ft, ctfs, asnumpy(inv_sigma2_per_shell)
         self.n, self.box = len(images_ft), box
+        self.device = projector.device
 
     def batch(self, pixels, idx):
-        x = gather(np.asarray(self.images_ft[idx]), pixels).astype(np.complex64, copy=False)
-        c = None if self.ctfs is None else gather(np.asarray(self.ctfs[idx]), pixels).astype(np.float32, copy=False)
+        """Image coefficients, CTFs and weights at ``pixels`` of the images ``idx``, on the projector's device."""
+        dev = self.device
+        rows = dev.asarray(idx)
+        x = gather(dev.asarray(self.images_ft[rows]), pixels, dev).astype(dev.xp.complex64, copy=False)
+        c = (None if self.ctfs is None
+             else gather(dev.asarray(self.ctfs[rows]), pixels, dev).astype(dev.xp.float32, copy=False))
         w = pixel_weights(pixels, self.inv_sigma2)
-        return x, c, (w[idx] if w.ndim == 2 else w)
+        return x, c, dev.asarray(w[idx] if w.ndim == 2 else w)
 
 
 def _batches(n, size):

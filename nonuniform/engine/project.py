@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import fourier
+from .backend import CPU, asnumpy, get_array_module
 
 # ----------------------------------------------------------------------------------------------
 # Pixel lists: the rfft-layout image coefficients within a radius, as (ky, kx) integer frequencies.
@@ -66,15 +67,16 @@ def padded_spectrum(volume, pad):
     """Centred-axes half spectrum of ``volume`` zero-padded to ``pad·N``: shape (M, M, M//2+1).
 
     Axes 0 (z) and 1 (y) are fftshifted so that frequency ``k`` sits at index ``k + M//2``;
-    axis 2 (x) holds ``k = 0 .. M//2``.
+    axis 2 (x) holds ``k = 0 .. M//2``. On the device of ``volume`` (numpy or cupy).
     """
+    xp = get_array_module(volume)
     n = volume.shape[0]
     m = int(pad * n)
-    big = np.zeros((m, m, m), dtype=np.float32)
+    big = xp.zeros((m, m, m), dtype=xp.float32)
     o = m // 2 - n // 2
     big[o:o + n, o:o + n, o:o + n] = volume
     f = fourier.rfftn_c(big)
-    return np.ascontiguousarray(np.fft.fftshift(f, axes=(0, 1))).astype(np.complex64)
+    return xp.ascontiguousarray(xp.fft.fftshift(f, axes=(0, 1))).astype(xp.complex64)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -149,17 +151,20 @@ class Projector:
         Map with its origin at index ``N//2``.
     pad : int
         Oversampling factor of the 3-D spectrum (RELION's ``--pad``, default 2).
+    device : backend.Device, optional
+        Where the spectrum lives and slices are computed (default the host); projections are
+        returned on it.
     """
 
-    def __init__(self, volume, pad=2):
-        volume = np.asarray(volume, dtype=np.float32)
+    def __init__(self, volume, pad=2, device=CPU):
+        volume = asnumpy(volume).astype(np.float32, copy=False)
         if volume.ndim != 3 or len(set(volume.shape)) != 1:
             raise ValueError(f"Projector needs a cubic volume, got shape {volume.shape}")
         self.box = volume.shape[0]
         self.pad = pad
+        self.device = device
         pre = volume / gridding_correction(self.box, pad)
-        self.spectrum = padded_spectrum(pre, pad)
-        self._spec_ri = self.spectrum.view(np.float32).reshape(self.spectrum.shape + (2,))
+        self.spectrum = padded_spectrum(device.asarray(pre), pad)
 
     def project_pixels(self, rotations, ky, kx):
         """Slice values at the listed image frequencies.
@@ -175,25 +180,24 @@ class Projector:
         -------
         ndarray, shape (n, P), complex64
         """
-        coords = slice_coords(rotations, self.pad)
-        out = np.empty((coords.shape[0], len(ky)), dtype=np.complex64)
-        _slice_kernel(self._spec_ri, coords, np.asarray(ky, np.float32), np.asarray(kx, np.float32),
-                      out.view(np.float32).reshape(out.shape + (2,)))
-        return out
+        dev = self.device
+        coords = dev.asarray(slice_coords(rotations, self.pad))
+        return dev.slices(self.spectrum, coords, dev.const(ky, np.float32), dev.const(kx, np.float32))
 
     def project(self, rotations, r_max_px=None):
         """Fourier transforms of the projections, rfft layout ``(n, N, N//2 + 1)`` complex64.
 
-        Coefficients beyond ``r_max_px`` (default Nyquist) are zero.
+        Coefficients beyond ``r_max_px`` (default Nyquist) are zero. On the projector's device.
         """
         ky, kx, flat = image_pixels(self.box, r_max_px)
         vals = self.project_pixels(rotations, ky, kx)
-        out = np.zeros((vals.shape[0], self.box * (self.box // 2 + 1)), dtype=np.complex64)
-        out[:, flat] = vals
+        xp = self.device.xp
+        out = xp.zeros((vals.shape[0], self.box * (self.box // 2 + 1)), dtype=xp.complex64)
+        out[:, self.device.asarray(flat)] = vals
         return out.reshape(vals.shape[0], self.box, self.box // 2 + 1)
 
 
-def shift_phase(box, shifts_px, ky=None, kx=None):
+def shift_phase(box, shifts_px, ky=None, kx=None, xp=np):
     """Phase factors that translate images by ``shifts_px`` = (x, y) pixels (content moves to +x, +y).
 
     Parameters
@@ -203,6 +207,9 @@ def shift_phase(box, shifts_px, ky=None, kx=None):
         Translations (x, y) in pixels.
     ky, kx : ndarray, shape (P,), optional
         Frequencies to evaluate; default the whole rfft grid, giving (n, N, N//2+1).
+
+    xp : module
+        numpy, or cupy for the whole-grid factors on a GPU.
 
     Returns
     -------
@@ -214,8 +221,8 @@ def shift_phase(box, shifts_px, ky=None, kx=None):
         # Separable: exp(-2πi(kx sx + ky sy)) = exp(-2πi kx sx) · exp(-2πi ky sy): 2N exponentials
         # per image instead of N (N/2 + 1).
         fy, fx = fourier.freq_axes_rfft((box, box))
-        ex = np.exp(-2j * np.pi * np.outer(s[:, 0], fx.ravel())).astype(np.complex64)
-        ey = np.exp(-2j * np.pi * np.outer(s[:, 1], fy.ravel())).astype(np.complex64)
+        ex = xp.asarray(np.exp(-2j * np.pi * np.outer(s[:, 0], fx.ravel())).astype(np.complex64))
+        ey = xp.asarray(np.exp(-2j * np.pi * np.outer(s[:, 1], fy.ravel())).astype(np.complex64))
         return ey[:, :, None] * ex[:, None, :]
     ph = (np.outer(s[:, 0], kx) + np.outer(s[:, 1], ky)) / box
     return np.exp(-2j * np.pi * ph).astype(np.complex64)

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import fourier
+from .backend import CPU
 from .masks import soft_sphere
 from .project import gridding_correction, hermitian_pair_weight, image_pixels, slice_coords
 
@@ -74,6 +75,8 @@ def insert_concurrently(jobs, threads=None):
     for bp, args, kwargs in jobs:
         groups.setdefault(id(bp), []).append((bp, args, kwargs))
     n = min(len(groups), threads or numba.get_num_threads())
+    if any(not bp.device.is_cpu for bp, _, _ in jobs):
+        n = 1  # GPU kernels are queued on one stream: nothing to gain from host threads
 
     def run(group):
         for bp, args, kwargs in group:
@@ -99,16 +102,24 @@ class BackProjector:
         Oversampling of the accumulators (2, as the projector).
     r_max_px : float, optional
         Insert image coefficients with ``|k| < r_max_px`` (default Nyquist).
+    device : backend.Device, optional
+        Where the accumulators live (default the host); the arrays passed to :meth:`insert` must
+        be on it, and maps are returned on it.
     """
 
-    def __init__(self, box, pad=2, r_max_px=None):
+    def __init__(self, box, pad=2, r_max_px=None, device=CPU):
         self.box = box
         self.pad = pad
+        self.device = device
+        xp = device.xp
         m = pad * box
-        self.data = np.zeros((m, m, m // 2 + 1), dtype=np.complex128)
-        self.weight = np.zeros((m, m, m // 2 + 1), dtype=np.float64)
-        self.ky, self.kx, self.flat = image_pixels(box, r_max_px)
-        self._half = hermitian_pair_weight(self.kx)
+        self.data = xp.zeros((m, m, m // 2 + 1), dtype=xp.complex128)
+        self.weight = xp.zeros((m, m, m // 2 + 1), dtype=xp.float64)
+        ky, kx, flat = image_pixels(box, r_max_px)
+        self.ky, self.kx, self.flat = (device.asarray(ky, np.float32), device.asarray(kx, np.float32),
+                                       device.asarray(flat))
+        self._half = device.asarray(hermitian_pair_weight(kx))
+        self._shells = None
         self.count = 0
 
     def insert(self, images_ft, ctf, rotations, weights=None, symmetry=None):
@@ -127,23 +138,22 @@ class BackProjector:
         symmetry : ndarray, shape (s, 3, 3), optional
             Point-group matrices; each image is inserted at ``A @ R`` for every ``R``.
         """
+        xp, dev = self.device.xp, self.device
         n = images_ft.shape[0]
         x = images_ft.reshape(n, -1)[:, self.flat]
-        c = np.ones_like(x.real) if ctf is None else ctf.reshape(n, -1)[:, self.flat].astype(np.float32)
-        w = np.broadcast_to(self._half, c.shape).astype(np.float32)
+        c = xp.ones_like(x.real) if ctf is None else ctf.reshape(n, -1)[:, self.flat].astype(xp.float32)
+        w = xp.broadcast_to(self._half, c.shape).astype(xp.float32)
         if weights is not None:
-            wts = np.asarray(weights, dtype=np.float32)
+            wts = xp.asarray(weights, dtype=xp.float32)
             w = w * (wts.reshape(n, -1)[:, self.flat] if wts.ndim > 1 else wts[:, None])
-        ctf_w = (c * w).astype(np.float32)
-        w2 = (c * c * w).astype(np.float32)
-        x = np.ascontiguousarray(x, dtype=np.complex64)
-        rots = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        ctf_w = (c * w).astype(xp.float32)
+        w2 = (c * c * w).astype(xp.float32)
+        x = xp.ascontiguousarray(x, dtype=xp.complex64)
+        rots = dev.asnumpy(rotations).astype(np.float64).reshape(-1, 3, 3)
         ops = [np.eye(3)] if symmetry is None else symmetry
-        ky = self.ky.astype(np.float32)
-        kx = self.kx.astype(np.float32)
         for r in ops:
-            coords = slice_coords(rots @ r, self.pad)
-            _insert_kernel(self.data, self.weight, coords, ky, kx, x, ctf_w, w2)
+            coords = dev.asarray(slice_coords(rots @ r, self.pad))
+            dev.insert(self.data, self.weight, coords, self.ky, self.kx, x, ctf_w, w2)
         self.count += n
 
     def add(self, other):
@@ -159,23 +169,27 @@ class BackProjector:
         Insertion only visits the x >= 0 half; contributions that a full grid would put on the
         x = 0 plane through the mirrored coefficient are its conjugate flipped in (y, z).
         """
+        xp = self.device.xp
         data = self.data.copy()
         weight = self.weight.copy()
         m = data.shape[0]
-        idx = (2 * (m // 2) - np.arange(m)) % m  # index of -k on a centred axis (-M/2 wraps to itself)
+        idx = self.device.asarray((2 * (m // 2) - np.arange(m)) % m)  # -k on a centred axis (-M/2 wraps to itself)
         d0 = data[:, :, 0]
         w0 = weight[:, :, 0]
-        data[:, :, 0] = d0 + np.conj(d0[np.ix_(idx, idx)])
-        weight[:, :, 0] = w0 + w0[np.ix_(idx, idx)]
+        data[:, :, 0] = d0 + xp.conj(d0[idx][:, idx])
+        weight[:, :, 0] = w0 + w0[idx][:, idx]
         return data, weight
 
     def shell_index(self):
         """Padded-grid radial shell (in units of the unpadded image's Fourier pixels) of each voxel."""
-        m = self.data.shape[0]
-        c = np.arange(m) - m // 2
-        kx = np.arange(m // 2 + 1)
-        r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + kx[None, None, :] ** 2) / self.pad
-        return np.rint(r).astype(np.int32)
+        if self._shells is None:
+            xp = self.device.xp
+            m = self.data.shape[0]
+            c = xp.arange(m) - m // 2
+            kx = xp.arange(m // 2 + 1)
+            r = xp.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + kx[None, None, :] ** 2) / self.pad
+            self._shells = xp.rint(r).astype(xp.int32)
+        return self._shells
 
     def reconstruct(self, tau2=None, floor_frac=1e-3, data=None, weight=None, edge_px=3.0):
         """Real-space map from the accumulators.
@@ -195,31 +209,32 @@ class BackProjector:
 
         Returns
         -------
-        ndarray, shape (N, N, N), float32, real space (origin at N//2).
+        ndarray, shape (N, N, N), float32, real space (origin at N//2), on the accumulators' device.
         """
+        xp, dev = self.device.xp, self.device
         if data is None:
             data, weight = self.hermitian_accumulators()
         shells = self.shell_index()
         n_sh = self.box // 2 + 1
         inside = shells < n_sh
-        sh = np.where(inside, shells, n_sh)
-        wsum = np.bincount(sh.ravel(), weights=weight.ravel(), minlength=n_sh + 1)
-        cnt = np.bincount(sh.ravel(), minlength=n_sh + 1)
-        shell_mean = wsum / np.maximum(cnt, 1)
+        sh = xp.where(inside, shells, n_sh)
+        wsum = xp.bincount(sh.ravel(), weights=weight.ravel(), minlength=n_sh + 1)
+        cnt = xp.bincount(sh.ravel(), minlength=n_sh + 1)
+        shell_mean = wsum / xp.maximum(cnt, 1)
         denom = weight.copy()
         if tau2 is not None:
             t = np.zeros(n_sh + 1)
-            t[:n_sh] = np.asarray(tau2, dtype=np.float64)[:n_sh]
+            t[:n_sh] = dev.asnumpy(tau2).astype(np.float64)[:n_sh]
             inv = np.where(t > 0, 1.0 / np.where(t > 0, t, 1.0), np.inf)
-            denom = denom + inv[sh]
-        denom = np.maximum(denom, floor_frac * shell_mean[sh])
-        spec = np.where(inside & (denom > 0), data / np.where(denom > 0, denom, 1.0), 0)
-        spec = np.fft.ifftshift(spec, axes=(0, 1))
+            denom = denom + dev.asarray(inv)[sh]
+        denom = xp.maximum(denom, floor_frac * shell_mean[sh])
+        spec = xp.where(inside & (denom > 0), data / xp.where(denom > 0, denom, 1.0), 0)
+        spec = xp.fft.ifftshift(spec, axes=(0, 1))
         m = self.pad * self.box
         big = fourier.irfftn_c(spec, (m, m, m))
         o = m // 2 - self.box // 2
         vol = big[o:o + self.box, o:o + self.box, o:o + self.box]
-        vol = vol / gridding_correction(self.box, self.pad)
+        vol = vol / dev.asarray(gridding_correction(self.box, self.pad))
         if edge_px is not None:
-            vol = vol * soft_sphere(self.box, self.box / 2, edge_px)
-        return vol.astype(np.float32)
+            vol = vol * dev.asarray(soft_sphere(self.box, self.box / 2, edge_px))
+        return vol.astype(xp.float32)

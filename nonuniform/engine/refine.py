@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from . import filters, fourier, fsc, geometry, masks, symmetry
+from .backend import CPU, asnumpy, open_gpu
 from .errors import InputError
 from .estep import align_and_backproject
 from .fourier import resample_map
@@ -137,6 +138,7 @@ class Refinement:
         config.validate()
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
         self._check_out_dir(resume, overwrite)
+        self.device = CPU if config.gpu is None else open_gpu(config.gpu)
         self.particles = load_particles(particles_star, require_ctf=True)
         p = self.particles
         self.box, self.apix = p.box_px, p.pixel_size_ang
@@ -282,7 +284,7 @@ class Refinement:
             rng = np.random.default_rng([self.cfg.seed, it, 7, h])
             r = align_and_backproject(self.particles, idx, st.folds[idx], st.references[h - 1], st.sigma2[h - 1],
                                       self.cfg, plans[h], rng, self.sym_ops, prev_rotations=st.rotations[idx],
-                                      prev_shifts_px=st.shifts_px[idx])
+                                      prev_shifts_px=st.shifts_px[idx], device=self.device)
             rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
             accum[h], sigma2[h - 1] = r.folds, r.sigma2
             kill_point("estep", it)
@@ -305,7 +307,9 @@ class Refinement:
         """Reference of one half-set for the next iteration (uniform or NU).
 
         ``folds`` are the half-set's two Hermitian-completed (data, weight) accumulators and
-        ``half_map`` its raw (unregularized) reconstruction; ``bp`` provides the grid geometry.
+        ``half_map`` its raw (unregularized) reconstruction; ``bp`` provides the grid geometry. The
+        regularization runs where the accumulators are (the GPU with ``--gpu``); maps come back to
+        the host.
         Returns the reference and, in NU mode, the cutoff map and the half-set's own resolution
         (:func:`own_resolution` of its folds in its own ``mask``; phase randomization from ``rng``),
         else None and None.
@@ -314,17 +318,19 @@ class Refinement:
         (d1, w1), (d2, w2) = folds
         if cfg.mode == "uniform":
             n_sh = self.box // 2 + 1
-            sh = np.minimum(bp.shell_index(), n_sh).ravel()
-            wmean = np.bincount(sh, weights=(w1 + w2).ravel(), minlength=n_sh + 1)[:n_sh] / \
-                np.maximum(np.bincount(sh, minlength=n_sh + 1)[:n_sh], 1)
+            xp = bp.device.xp
+            sh = xp.minimum(bp.shell_index(), n_sh).ravel()
+            wmean = asnumpy(xp.bincount(sh, weights=(w1 + w2).ravel(), minlength=n_sh + 1)[:n_sh]) / \
+                np.maximum(asnumpy(xp.bincount(sh, minlength=n_sh + 1)[:n_sh]), 1)
             f = np.clip(fsc_curve_half, 1e-3, 0.999)
             tau2 = f / (1 - f) / np.maximum(wmean, 1e-30)  # RELION: τ² = SSNR / mean weight
-            return bp.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2), None, None
+            return asnumpy(bp.reconstruct(tau2=tau2, data=d1 + d2, weight=w1 + w2)), None, None
         q1 = bp.reconstruct(data=d1, weight=w1)
         q2 = bp.reconstruct(data=d2, weight=w2)
-        r = nu_filter(q1, q2, half_map=half_map, pixel_size_ang=self.apix, awf=cfg.awf, order=cfg.nu_order,
-                      n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
-        return r.filtered, r.cutoff_ang, own_resolution(q1, q2, mask, self.apix, rng)
+        r = nu_filter(q1, q2, half_map=bp.device.asarray(half_map), pixel_size_ang=self.apix, awf=cfg.awf,
+                      order=cfg.nu_order, n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
+        q1, q2 = asnumpy(q1), asnumpy(q2)
+        return asnumpy(r.filtered), asnumpy(r.cutoff_ang), own_resolution(q1, q2, mask, self.apix, rng)
 
     def run(self, resume=False):
         cfg = self.cfg
@@ -362,7 +368,7 @@ class Refinement:
         for h in (1, 2):
             folds[h] = [b.hermitian_accumulators() for b in accum[h]]
             (d1, w1), (d2, w2) = folds[h]
-            halves_raw[h] = accum[h][0].reconstruct(data=d1 + d2, weight=w1 + w2)
+            halves_raw[h] = asnumpy(accum[h][0].reconstruct(data=d1 + d2, weight=w1 + w2))
         avg = (halves_raw[1] + halves_raw[2]) / 2
         mask = self._masks(avg, st.resolution_ang)
         fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))

@@ -68,6 +68,7 @@ class RefineConfig:
     dynamic_mask_start_ang: float = 12.0
     batch: int = 256
     pad: int = 2
+    gpu: int | None = None  # CUDA device id of the E/M-step (None: the host)
 
     def validate(self):
         """Check every parameter before anything is read or written: InputError naming the first bad one
@@ -106,6 +107,7 @@ class RefineConfig:
                 self.dynamic_mask_near_ang, f"in [0, dynamic_mask_far_ang = {self.dynamic_mask_far_ang})")
         require(self.batch >= 1, "batch", self.batch, "at least 1")
         require(self.pad >= 1, "pad", self.pad, "at least 1")
+        require(self.gpu is None or self.gpu >= 0, "--gpu", self.gpu, "a CUDA device id (0, 1, ...)")
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from .backend import CPU, get_array_module
 from .project import image_pixels
 
 _METRICS = ("likelihood", "cc")
@@ -69,9 +70,10 @@ def pixel_weights(pixels, inv_sigma2_per_shell):
     return np.ascontiguousarray(inv[..., pixels.shell] * pixels.half)
 
 
-def gather(spectra, pixels):
-    """Coefficients of rfft-layout arrays ``(n, N, N//2+1)`` at ``pixels``: (n, P), same dtype."""
-    return np.ascontiguousarray(spectra.reshape(spectra.shape[0], -1)[:, pixels.flat])
+def gather(spectra, pixels, device=CPU):
+    """Coefficients of rfft-layout arrays ``(n, N, N//2+1)`` at ``pixels``: (n, P), same dtype and device."""
+    xp = get_array_module(spectra)
+    return xp.ascontiguousarray(spectra.reshape(spectra.shape[0], -1)[:, device.const(pixels.flat)])
 
 
 def shift_grid(range_px, step_px):
@@ -83,43 +85,54 @@ def shift_grid(range_px, step_px):
     return g[np.argsort(np.hypot(g[:, 0], g[:, 1]), kind="stable")]
 
 
-def image_terms(images_px, ctf_px, weight_px):
+def image_terms(images_px, ctf_px, weight_px, device=CPU):
     """Image-side factors of a batch: ``base = X c w`` (B, P) complex64, ``w2 = c² w`` (B, P) float32,
     ``xnorm = Σ w |X|²`` (B,) float64 (``w`` from :func:`pixel_weights`; ``ctf_px`` None = no CTF)."""
-    x = np.asarray(images_px, dtype=np.complex64)
-    w = np.broadcast_to(np.asarray(weight_px, dtype=np.float32), x.shape)
-    cw = w if ctf_px is None else np.asarray(ctf_px, dtype=np.float32) * w
-    w2 = cw if ctf_px is None else cw * np.asarray(ctf_px, dtype=np.float32)
-    xnorm = np.einsum("bp,bp->b", w, (x.real ** 2 + x.imag ** 2), dtype=np.float64)
-    return np.ascontiguousarray(x * cw), np.ascontiguousarray(w2, dtype=np.float32), xnorm
+    xp = get_array_module(images_px)
+    x = xp.asarray(images_px, dtype=xp.complex64)
+    w = xp.broadcast_to(xp.asarray(weight_px, dtype=xp.float32), x.shape)
+    cw = w if ctf_px is None else xp.asarray(ctf_px, dtype=xp.float32) * w
+    w2 = cw if ctf_px is None else cw * xp.asarray(ctf_px, dtype=xp.float32)
+    if device.is_cpu:
+        xnorm = np.einsum("bp,bp->b", w, (x.real ** 2 + x.imag ** 2), dtype=np.float64)
+    else:
+        xnorm = xp.sum(w * (x.real ** 2 + x.imag ** 2), axis=1, dtype=xp.float64)
+    return xp.ascontiguousarray(x * cw), xp.ascontiguousarray(w2, dtype=xp.float32), xnorm
 
 
-def phase_ramps(pixels, shifts_px):
+def phase_ramps(pixels, shifts_px, xp=np):
     """``exp(+2πi (kx sx + ky sy)/N)`` at ``pixels`` for shifts (n, 2) = (x, y) px: (n, P) complex64.
 
     Equals ``project.shift_phase(N, -shifts_px, ky, kx)`` (the factor that undoes a translation by
-    ``shifts_px``), computed separably: exponentials of the few distinct kx and ky, then a product.
+    ``shifts_px``), computed separably: exponentials of the few distinct kx and ky (on the host),
+    then a product (on ``xp``'s device).
     """
     s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
     ux, ix = np.unique(pixels.kx, return_inverse=True)
     uy, iy = np.unique(pixels.ky, return_inverse=True)
     ex = np.exp((2j * np.pi / pixels.box) * np.outer(s[:, 0], ux)).astype(np.complex64)
     ey = np.exp((2j * np.pi / pixels.box) * np.outer(s[:, 1], uy)).astype(np.complex64)
-    return np.ascontiguousarray(ex[:, ix] * ey[:, iy])
+    if xp is not np:
+        ex, ey, ix, iy = (xp.asarray(a) for a in (ex, ey, ix, iy))
+    return xp.ascontiguousarray(ex[:, ix] * ey[:, iy])
 
 
-def image_side(base, pixels, centres_px, offsets_px, repeat=1):
+def image_side(base, pixels, centres_px, offsets_px, repeat=1, device=CPU):
     """Rows ``A[g, t] = base_{g // repeat} · exp(+2πi k·(centre_g + offset_t)/N)``: (G, T, P) complex64.
 
     ``base`` (B, P); ``centres_px`` (G, 2) with ``G = B · repeat`` (``repeat`` candidate shifts per
     image), or None (zero, G = B); ``offsets_px`` (T, 2). The product with a template's conjugate,
     summed over k, is the cross term for the image translation ``centre + offset``.
     """
+    xp = get_array_module(base)
     n_rows = base.shape[0] * repeat
-    ph_c = (np.ones((1, base.shape[1]), np.complex64) if centres_px is None
-            else phase_ramps(pixels, centres_px))
+    ph_c = (xp.ones((1, base.shape[1]), xp.complex64) if centres_px is None
+            else phase_ramps(pixels, centres_px, xp))
     if len(ph_c) not in (1, n_rows):
         raise ValueError(f"centres_px has {len(ph_c)} rows; expected {n_rows}")
+    if not device.is_cpu:  # GPU route: two broadcast products (memory-bound either way)
+        rows = xp.repeat(base, repeat, axis=0) * ph_c
+        return rows[:, None, :] * phase_ramps(pixels, offsets_px, xp)[None]
     out = np.empty((n_rows, len(offsets_px), base.shape[1]), np.complex64)
     _image_side_kernel(np.ascontiguousarray(base, dtype=np.complex64), ph_c, phase_ramps(pixels, offsets_px),
                        repeat, out)
@@ -150,8 +163,10 @@ def _abs2_kernel(t, out):
             out[j, p] = v.real * v.real + v.imag * v.imag
 
 
-def _abs2(t):
+def _abs2(t, device=CPU):
     """|t|² of a (J, P) complex64 array, float32."""
+    if not device.is_cpu:
+        return (t.real * t.real + t.imag * t.imag).astype(t.real.dtype)
     out = np.empty(t.shape, np.float32)
     _abs2_kernel(t, out)
     return out
@@ -223,9 +238,10 @@ def _reduce(cross, norm, shift_pen, inv_xn, cc, j0, top_s, top_a, top_b, top_c):
                     _push(top_s, top_a, top_b, top_c, b, s, c, j0 + m, arg[m])
 
 
-def _new_top(n, k):
-    return (np.full((n, k), -np.inf), np.zeros((n, k), np.int64), np.zeros((n, k), np.int64),
-            np.zeros((n, k), np.int64))
+def _new_top(n, k, xp=np):
+    """Empty running top-K of ``n`` images: scores (-inf), candidate, template and shift indices."""
+    return (xp.full((n, k), -np.inf), xp.zeros((n, k), xp.int64), xp.zeros((n, k), xp.int64),
+            xp.zeros((n, k), xp.int64))
 
 
 def check_metric(metric):
@@ -248,14 +264,15 @@ def score_block(images_px, ctf_px, weight_px, templates, shifts_px, pixels, cent
         ``centres_px[b] + shifts_px[t]`` against template j.
     """
     base, w2, _ = image_terms(images_px, ctf_px, weight_px)
+    xp = get_array_module(base)
     a = image_side(base, pixels, centres_px, shifts_px)
-    tm = np.ascontiguousarray(templates, dtype=np.complex64)
-    cross = a.view(np.float32) @ tm.view(np.float32).T
+    tm = xp.ascontiguousarray(xp.asarray(templates), dtype=xp.complex64)
+    cross = a.view(xp.float32) @ tm.view(xp.float32).T
     return 2 * cross - (w2 @ _abs2(tm).T)[:, None, :]
 
 
 def score_poses(images_px, ctf_px, weight_px, templates, shifts_px, pixels, top_k=1, chunk=1024,
-                metric="likelihood", centres_px=None):
+                metric="likelihood", centres_px=None, device=None):
     """Top-K (template, shift) per image against a shared template set, chunked over templates.
 
     Parameters
@@ -274,35 +291,40 @@ def score_poses(images_px, ctf_px, weight_px, templates, shifts_px, pixels, top_
     chunk : int
         Templates per GEMM block (memory ~ B·T·chunk·4 bytes).
     metric : {"likelihood", "cc"}
+    device : backend.Device, optional
+        Where the arrays live and the reduction runs (default: the template bank's, else the host).
 
     Returns
     -------
     scores : ndarray, shape (B, K), float64, best first
     template_index, shift_index : ndarray, shape (B, K), int64
+        On the host.
     """
     cc = check_metric(metric)
-    base, w2, xnorm = image_terms(images_px, ctf_px, weight_px)
-    a = image_side(base, pixels, centres_px, shifts_px)
-    n_img, n_shift = a.shape[:2]
-    a2 = a.view(np.float32).reshape(n_img * n_shift, -1)
-    inv_xn = 1.0 / np.sqrt(np.maximum(xnorm, 1e-30))
     bank = templates if isinstance(templates, TemplateBank) else None
+    device = device or (bank.projector.device if bank is not None else CPU)
+    xp = device.xp
+    base, w2, xnorm = image_terms(images_px, ctf_px, weight_px, device)
+    a = image_side(base, pixels, centres_px, shifts_px, device=device)
+    n_img, n_shift = a.shape[:2]
+    a2 = a.view(xp.float32).reshape(n_img * n_shift, -1)
+    inv_xn = 1.0 / xp.sqrt(xp.maximum(xnorm, 1e-30))
     n_tmpl = len(templates)
-    top = _new_top(n_img, top_k)
-    no_pen = np.zeros((n_img, 1, n_shift), np.float32)
-    buf = np.empty(n_img * n_shift * min(chunk, n_tmpl), np.float32)
+    top = device.new_top(n_img, top_k)
+    no_pen = xp.zeros((n_img, 1, n_shift), xp.float32)
+    buf = xp.empty(n_img * n_shift * min(chunk, n_tmpl), xp.float32)
     for j0 in range(0, n_tmpl, chunk):
         j1 = min(n_tmpl, j0 + chunk)
         if bank is None:
-            tm = np.ascontiguousarray(templates[j0:j1], dtype=np.complex64)
-            tm_abs2 = _abs2(tm)
+            tm = xp.ascontiguousarray(xp.asarray(templates[j0:j1]), dtype=xp.complex64)
+            tm_abs2 = _abs2(tm, device)
         else:
             tm, tm_abs2 = bank.chunk(j0, j1)
         cross = buf[: n_img * n_shift * (j1 - j0)].reshape(n_img * n_shift, j1 - j0)
-        np.matmul(a2, tm.view(np.float32).T, out=cross)
-        norm = np.ascontiguousarray(np.matmul(w2, tm_abs2.T)[:, None, :])
-        _reduce(cross.reshape(n_img, 1, n_shift, j1 - j0), norm, no_pen, inv_xn, cc, j0, *top)
-    return top[0], top[2], top[3]
+        xp.matmul(a2, tm.view(xp.float32).T, out=cross)
+        norm = xp.ascontiguousarray(xp.matmul(w2, tm_abs2.T)[:, None, :])
+        top = device.reduce(cross.reshape(n_img, 1, n_shift, j1 - j0), norm, no_pen, inv_xn, cc, j0, top)
+    return device.asnumpy(top[0]), device.asnumpy(top[2]), device.asnumpy(top[3])
 
 
 class TemplateBank:
@@ -330,7 +352,7 @@ class TemplateBank:
 
     def _project(self, j0, j1):
         tm = self.projector.project_pixels(self.rotations[j0:j1], self.pixels.ky, self.pixels.kx)
-        return tm, _abs2(tm)
+        return tm, _abs2(tm, self.projector.device)
 
     def chunk(self, j0, j1):
         """Slices (j1 - j0, P) complex64 and their |T|² (float32) of rotations j0 .. j1 - 1."""
@@ -373,25 +395,29 @@ def score_candidates(projector, images_px, ctf_px, weight_px, pixels, rotations,
     cc = check_metric(metric)
     if cc and (rot_penalty is not None or shift_penalty is not None):
         raise ValueError("priors (penalties) need metric='likelihood'")
+    device = projector.device
+    xp = device.xp
     n_img, n_c = rotations.shape[:2]
     n_m, n_t, n_pix = len(rot_offsets), len(shift_offsets_px), len(pixels.ky)
     rots = rotations[:, :, None] @ rot_offsets[None, None]
     tm = projector.project_pixels(rots.reshape(-1, 3, 3), pixels.ky, pixels.kx).reshape(n_img, n_c * n_m, n_pix)
-    base, w2, xnorm = image_terms(images_px, ctf_px, weight_px)
-    norm = np.empty((n_img, n_c * n_m), np.float32)
-    _weighted_norms(tm, w2, norm)
+    base, w2, xnorm = image_terms(images_px, ctf_px, weight_px, device)
+    if device.is_cpu:
+        norm = np.empty((n_img, n_c * n_m), np.float32)
+        _weighted_norms(tm, w2, norm)
+    else:
+        norm = xp.einsum("bp,bqp->bq", w2, _abs2(tm, device))
     norm = norm.reshape(n_img, n_c, n_m)
     if rot_penalty is not None:
-        norm = norm + rot_penalty
-    a = image_side(base, pixels, shifts_px.reshape(-1, 2), shift_offsets_px, repeat=n_c)
-    cross = np.matmul(a.view(np.float32).reshape(n_img * n_c, n_t, 2 * n_pix),
-                      tm.view(np.float32).reshape(n_img * n_c, n_m, 2 * n_pix).transpose(0, 2, 1))
-    pen = (np.zeros((n_img, n_c, n_t), np.float32) if shift_penalty is None
-           else np.ascontiguousarray(shift_penalty, dtype=np.float32))
-    top = _new_top(n_img, top_k)
-    _reduce(cross.reshape(n_img, n_c, n_t, n_m), np.ascontiguousarray(norm, dtype=np.float32), pen,
-            1.0 / np.sqrt(np.maximum(xnorm, 1e-30)), cc, 0, *top)
-    s, c, m, t = top
+        norm = norm + xp.asarray(rot_penalty)
+    a = image_side(base, pixels, shifts_px.reshape(-1, 2), shift_offsets_px, repeat=n_c, device=device)
+    cross = xp.matmul(a.view(xp.float32).reshape(n_img * n_c, n_t, 2 * n_pix),
+                      tm.view(xp.float32).reshape(n_img * n_c, n_m, 2 * n_pix).transpose(0, 2, 1))
+    pen = (xp.zeros((n_img, n_c, n_t), xp.float32) if shift_penalty is None
+           else xp.ascontiguousarray(xp.asarray(shift_penalty), dtype=xp.float32))
+    top = device.reduce(cross.reshape(n_img, n_c, n_t, n_m), xp.ascontiguousarray(norm, dtype=xp.float32), pen,
+                        1.0 / xp.sqrt(xp.maximum(xnorm, 1e-30)), cc, 0, device.new_top(n_img, top_k))
+    s, c, m, t = (device.asnumpy(a) for a in top)
     bi = np.arange(n_img)[:, None]
     found = np.isfinite(s)
     c, m, t = np.where(found, c, 0), np.where(found, m, 0), np.where(found, t, 0)

@@ -12,21 +12,35 @@ class NonUniformEngineMixin:
     def _defineComputeParams(self, form):
         """Hidden GPU switch and list (Scipion's run-header widget) and the parallel section."""
         form.addHidden(params.USE_GPU, params.BooleanParam, default=False, label="Use GPU for execution",
-                       help="Run the engine on an NVIDIA GPU (needs cupy). Not available in this version: "
-                            "the refinement runs on the CPU.")
+                       help="Run the refinement's pose search, backprojection, reconstruction and NU "
+                            "regularization on an NVIDIA GPU (needs the plugin's gpu extra: cupy).")
         form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="Choose GPU IDs",
-                       help="GPU ids, e.g. 0 or 0,1.")
+                       help="The CUDA device id to use, e.g. 0 (one GPU per run).")
         form.addParallelSection(threads=4, mpi=1)
 
+    # Whether the protocol's engine command takes --gpu (refine does; filter and locres run on the CPU).
+    _engineUsesGpu = False
+
+    def _gpuIds(self):
+        return [g for g in self.gpuList.get("").replace(",", " ").split()]
+
     def _computeErrors(self):
-        """_validate messages for GPU and MPI requests the engine cannot honour yet."""
+        """_validate messages for GPU and MPI requests the engine cannot honour (here)."""
         errors = []
         if self.usesGpu():
-            problem = convert.gpuProblem()
-            errors.append("GPU execution was requested ('Use GPU' = Yes), but "
-                          + (f"this machine cannot run it: {problem}. " if problem else
-                             "this version of nonuniform runs on the CPU only. ")
-                          + "Set 'Use GPU' to No in the run header to refine on the CPU.")
+            ids = self._gpuIds()
+            fix = "Set 'Use GPU' to No in the run header to run on the CPU."
+            if not self._engineUsesGpu:
+                errors.append("GPU execution was requested ('Use GPU' = Yes), but this protocol runs on the CPU "
+                              "only. " + fix)
+            elif len(ids) != 1 or not ids[0].isdigit():
+                errors.append(f"GPU ids '{self.gpuList.get()}': give one CUDA device id (e.g. 0); one run drives "
+                              "one GPU.")
+            else:
+                problem = convert.gpuProblem(int(ids[0]))
+                if problem:
+                    errors.append(f"GPU execution was requested ('Use GPU' = Yes), but this machine cannot run it: "
+                                  f"{problem}. " + fix)
         if self.numberOfMpi.get() > 1:
             errors.append(f"MPI ({self.numberOfMpi.get()} processes) is not supported yet: set 'MPI' to 1 and "
                           "use 'Threads' to run on several cores.")
@@ -35,6 +49,8 @@ class NonUniformEngineMixin:
     def _runEngine(self, arguments):
         """Run ``nonuniform <arguments>`` with this run's threads; its log goes to the run's output log."""
         threads = max(1, self.numberOfThreads.get())
+        if self._engineUsesGpu and self.usesGpu():
+            arguments += f" --gpu {self._gpuIds()[0]}"
         env = Plugin.getEnviron()
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)

@@ -35,6 +35,8 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
     two half-maps, corrected for the mask by phase randomization.
     """
 
+    _engineUsesGpu = True  # refine --gpu ID
+
     _label = "non-uniform 3D refinement"
     _devStatus = BETA
     _possibleOutputs = {

@@ -196,6 +196,8 @@ CASES = {
     "refine --min-posterior 1": lambda i, t: (_refine(i, t, "--min-posterior", "1"), "--min-posterior"),
     "refine --seed -1": lambda i, t: (_refine(i, t, "--seed", "-1"), "--seed"),
     "refine --threads 0": lambda i, t: (["--threads", "0", *_refine(i, t)], "--threads"),
+    "refine --gpu 0,1": lambda i, t: (_refine(i, t, "--gpu", "0,1"), "one CUDA device id"),
+    "refine --gpu -1": lambda i, t: (_refine(i, t, "--gpu", "-1"), "--gpu"),
     "refine --continue with a bad option": lambda i, t: (
         _refine(i, t, "--continue", "--awf", "0", out=_finished_run(i, t)), "--awf"),
     "refine --continue with another particle set": lambda i, t: (
@@ -279,6 +281,22 @@ def test_bad_input(case, inputs, tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and culprit in errors[0], errors
     assert _snapshot(tmp_path) == before and _snapshot(inputs) == before_inputs
+
+
+def test_gpu_request_without_a_usable_gpu(inputs, tmp_path, caplog, monkeypatch):
+    """``--gpu`` where cupy or a device is missing: exit 2, one line saying what is missing, nothing
+    written (numba's CUDA simulator, which the test session may have turned on, is turned off)."""
+    from nonuniform.engine.backend import gpu_problem
+
+    problem = gpu_problem(0)
+    if problem is None:
+        pytest.skip("this machine has a usable GPU")
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "0")
+    before = _snapshot(tmp_path)
+    assert cli.main([str(a) for a in _refine(inputs, tmp_path, "--gpu", "0")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].endswith(f"--gpu 0: {problem}; run without --gpu to use the CPU"), errors
+    assert _snapshot(tmp_path) == before
 
 
 def test_reference_without_pixel_size_takes_the_particles(inputs, tmp_path, caplog):

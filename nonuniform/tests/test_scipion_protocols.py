@@ -236,9 +236,27 @@ class TestNonUniformProtocols(BaseTest):
         prot.refMask.set(wrong)
         self.assertRefused(prot, "solvent mask is 40 px wide")
 
-    def test_gpu_and_mpi_requests_are_refused_until_supported(self):
-        self.assertRefused(self.newRefine(useGpu=True), "GPU execution was requested", "Set 'Use GPU' to No")
+    def test_gpu_request_without_a_gpu_and_mpi_are_refused(self):
+        from nonuniform.engine.backend import gpu_problem
+
+        if gpu_problem(0) is None:
+            self.skipTest("this machine has a usable GPU")
+        self.assertRefused(self.newRefine(useGpu=True), "GPU execution was requested", gpu_problem(0),
+                           "Set 'Use GPU' to No")
+        self.assertRefused(self.newRefine(useGpu=True, gpuList="0 1"), "give one CUDA device id")
         self.assertRefused(self.newRefine(numberOfMpi=3), "MPI (3 processes) is not supported yet")
+
+    def test_gpu_id_reaches_the_engine_command(self):
+        for useGpu, expected in ((True, " --gpu 1 "), (False, None)):
+            prot = self.newRefine(useGpu=useGpu, gpuList="1")
+            calls = []
+            prot.runJob = lambda program, args, **kw: calls.append(args)
+            prot._runEngine("refine --out x")
+            self.assertEqual(len(calls), 1)
+            if expected:
+                self.assertIn(expected, calls[0] + " ")
+            else:
+                self.assertNotIn("--gpu", calls[0])
 
     def test_3d_alignment_is_refused(self):
         """Particles carrying subtomogram-style ALIGN_3D transforms (imported from a Scipion sqlite)."""
