@@ -6,6 +6,12 @@ and collecting ``nonuniform/tests`` imports ``nonuniform/__init__.py`` -> ``pwem
 before the package), not in ``nonuniform/tests/conftest.py``. Every run gets a fresh temporary
 Scipion user-data folder (projects, logs, hosts.conf); it is deleted at the end unless a
 test failed after creating a Scipion project there (its path is then printed).
+
+numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``, read when ``numba.cuda`` is first
+imported) unless the variable is already set or the machine has an NVIDIA GPU (``nvidia-smi`` on
+PATH or ``/dev/nvidia0``; numba.cuda and cupy must not be imported to find out, as that would fix
+the setting): the CUDA kernels' tests (``tests/test_gpu_kernels.py``) then run on the CPU, thread
+by thread. The simulator only replaces ``numba.cuda``; ``@njit`` CPU code is unaffected.
 """
 
 import glob
@@ -53,6 +59,9 @@ def _relion_home(root):
 
 
 _scipion_environment(SCIPION_TMP)
+
+if not (shutil.which("nvidia-smi") or os.path.exists("/dev/nvidia0")):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 
 def _keep(exitstatus):
