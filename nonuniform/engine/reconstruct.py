@@ -163,15 +163,17 @@ class BackProjector:
         self.count += other.count
         return self
 
-    def hermitian_accumulators(self):
+    def hermitian_accumulators(self, copy=True):
         """``data`` and ``weight`` with the x = 0 plane completed by its Hermitian mirror.
 
         Insertion only visits the x >= 0 half; contributions that a full grid would put on the
-        x = 0 plane through the mirrored coefficient are its conjugate flipped in (y, z).
+        x = 0 plane through the mirrored coefficient are its conjugate flipped in (y, z). With
+        ``copy=False`` the accumulators themselves are completed and returned (no further insertion
+        may follow): at box 256 that saves two 1.6 GB copies per fold.
         """
         xp = self.device.xp
-        data = self.data.copy()
-        weight = self.weight.copy()
+        data = self.data.copy() if copy else self.data
+        weight = self.weight.copy() if copy else self.weight
         m = data.shape[0]
         idx = self.device.asarray((2 * (m // 2) - np.arange(m)) % m)  # -k on a centred axis (-M/2 wraps to itself)
         d0 = data[:, :, 0]

@@ -366,7 +366,7 @@ class Refinement:
         stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
         halves_raw, folds = {}, {}
         for h in (1, 2):
-            folds[h] = [b.hermitian_accumulators() for b in accum[h]]
+            folds[h] = [b.hermitian_accumulators(copy=False) for b in accum[h]]
             (d1, w1), (d2, w2) = folds[h]
             halves_raw[h] = asnumpy(accum[h][0].reconstruct(data=d1 + d2, weight=w1 + w2))
         avg = (halves_raw[1] + halves_raw[2]) / 2
