@@ -170,6 +170,13 @@ class Device:
 CPU = Device("cpu")
 
 
+def device_of(a):
+    """The :class:`Device` an array lives on: the current GPU for a cupy array, else the host."""
+    if is_gpu_array(a):
+        return Device("cuda", a.device.id)
+    return CPU
+
+
 def gpu_problem(gpu_id=0):
     """Why CUDA device ``gpu_id`` cannot run the engine here (one sentence), or None when it can."""
     try:

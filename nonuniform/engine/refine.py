@@ -456,9 +456,11 @@ class Refinement:
         for name, vol in maps.extras.items():
             write_mrc(os.path.join(out, f"{name}.mrc"), vol, apix)
         if self.cfg.mode == "nonuniform":
-            r = nu_filter(h1, h2, half_map=avg, pixel_size_ang=apix, awf=self.cfg.awf, order=self.cfg.nu_order,
-                          n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type, mask=maps.mask)
-            write_mrc(os.path.join(out, "map_nu.mrc"), r.filtered, apix)
+            dev = self.device.asarray
+            r = nu_filter(dev(h1), dev(h2), half_map=dev(avg), pixel_size_ang=apix, awf=self.cfg.awf,
+                          order=self.cfg.nu_order, n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type,
+                          mask=dev(maps.mask))
+            write_mrc(os.path.join(out, "map_nu.mrc"), asnumpy(r.filtered), apix)
         write_iteration_fsc(os.path.join(out, "fsc.csv"), fres)
         try:
             from .plots import plot_fsc

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from .backend import CPU, get_array_module
+from .backend import CPU, device_of, get_array_module
 from .project import image_pixels
 
 _METRICS = ("likelihood", "cc")
@@ -302,7 +302,7 @@ def score_poses(images_px, ctf_px, weight_px, templates, shifts_px, pixels, top_
     """
     cc = check_metric(metric)
     bank = templates if isinstance(templates, TemplateBank) else None
-    device = device or (bank.projector.device if bank is not None else CPU)
+    device = device or (bank.projector.device if bank is not None else device_of(images_px))
     xp = device.xp
     base, w2, xnorm = image_terms(images_px, ctf_px, weight_px, device)
     a = image_side(base, pixels, centres_px, shifts_px, device=device)
