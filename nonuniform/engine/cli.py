@@ -16,6 +16,7 @@ import numpy as np
 from . import fourier
 from .cli_maps import (add_filter_args, add_fsc_args, add_locres_args, check_output_path, run_filter, run_fsc,
                        run_locres)
+from .distributed import launched_rank
 from .errors import InputError, require
 from .io import check_output_folder, make_output_folder
 
@@ -174,6 +175,8 @@ def add_refine_args(p):
                    help="resume a killed or finished run from its last checkpoint (same outputs as an "
                         "uninterrupted run)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    p.add_argument("--batch", type=int, default=d.batch, help="images aligned per batch: the unit of work "
+                   "shared out to MPI ranks (memory grows with it)")
     p.add_argument("--gpu", metavar="ID", help="run the pose search, backprojection, reconstruction and NU "
                    "regularization on CUDA device ID (needs the gpu extra: cupy); one device per process")
 
@@ -191,7 +194,7 @@ def gpu_id(text):
 def run_refine(args):
     from .refine import RefineConfig, Refinement
 
-    cfg = RefineConfig(gpu=gpu_id(args.gpu), mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
+    cfg = RefineConfig(gpu=gpu_id(args.gpu), batch=args.batch, mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
                        initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,
@@ -305,8 +308,12 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    rank = launched_rank()
+    # Under MPI rank 0 speaks for the run; the other ranks log only a failure of their own (CRITICAL:
+    # the input errors every rank finds alike are logged once, by rank 0).
+    logging.basicConfig(level=(logging.DEBUG if args.verbose else logging.INFO) if rank == 0 else logging.CRITICAL,
+                        format="%(asctime)s %(levelname)s %(message)s" if rank == 0
+                        else f"%(asctime)s rank {rank} %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.threads is not None:
         if args.threads < 1:
             logger.error("--threads must be at least 1, not %d", args.threads)

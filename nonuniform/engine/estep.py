@@ -22,15 +22,62 @@ INSERT_CHUNK = 512
 
 @dataclasses.dataclass
 class HalfSetStep:
-    """Result of :func:`align_and_backproject` for the particles ``idx`` of one half-set."""
+    """What :func:`align_and_backproject` makes of some batches of one half-set's particles ``idx``.
 
-    idx: np.ndarray  # (m,) particle indices
+    A sum: per-particle entries are zero for the particles of batches not processed, and the steps
+    of disjoint sets of batches add (``+``, or :meth:`allreduce` across MPI ranks) to the step of
+    their union, whatever the split (up to the order of the float64 sums).
+    """
+
+    idx: np.ndarray  # (m,) particle indices of the half-set
     rotations: np.ndarray  # (m, 3, 3) best poses
     shifts_px: np.ndarray  # (m, 2)
     folds: list  # the two fold BackProjectors (the half-map is their sum)
-    sigma2: np.ndarray  # (N//2 + 1,) noise power per shell at the new poses
+    noise_sum: np.ndarray  # (N//2 + 1,) residual power per shell, summed over the particles
+    count: int  # particles processed
     pmax: np.ndarray  # (m,) largest posterior probability
     n_poses: np.ndarray  # (m,) number of poses backprojected
+
+    @property
+    def sigma2(self):
+        """Noise power per shell at the new poses (mean over the processed particles)."""
+        return self.noise_sum / max(self.count, 1)
+
+    def _arrays(self):
+        return (self.rotations, self.shifts_px, self.noise_sum, self.pmax, self.n_poses)
+
+    def __add__(self, other):
+        if not np.array_equal(self.idx, other.idx):
+            raise ValueError("steps of different half-sets do not add")
+        (r, t, ns, pm, npo), (r2, t2, ns2, pm2, npo2) = self._arrays(), other._arrays()
+        folds = []
+        for a, b in zip(self.folds, other.folds):
+            f = BackProjector(a.box, pad=a.pad, device=a.device)
+            folds.append(f.add(a).add(b))
+        return HalfSetStep(idx=self.idx, rotations=r + r2, shifts_px=t + t2, folds=folds, noise_sum=ns + ns2,
+                           count=self.count + other.count, pmax=pm + pm2, n_poses=npo + npo2)
+
+    def allreduce(self, comm):
+        """Sum this step over the ranks of ``comm`` (:mod:`.distributed`), in place."""
+        for a in self._arrays():
+            comm.allreduce_sum(a)
+        for f in self.folds:
+            comm.allreduce_sum(f.data)
+            comm.allreduce_sum(f.weight)
+            f.count = int(comm.sum_int(f.count))
+        self.count = int(comm.sum_int(self.count))
+        return self
+
+
+def batches_of(idx_all, size):
+    """The half-set's particles in consecutive batches of ``size``: the units of work (and of the
+    random streams) that ranks share out, so results do not depend on the number of ranks."""
+    return [np.arange(s, min(len(idx_all), s + size)) for s in range(0, len(idx_all), size)]
+
+
+def batch_rng(seed_key, idx_all, rows):
+    """Random generator of one batch: from the iteration's key and the batch's first particle."""
+    return np.random.default_rng([*seed_key, int(idx_all[rows[0]])])
 
 
 def shell_power(spectra, box):
@@ -81,9 +128,9 @@ def _backproject_poses(bps, folds, images_ft, ctfs, res, post, weights, sym_ops)
         insert_concurrently(jobs)
 
 
-def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, search, rng, sym_ops,
-                          prev_rotations=None, prev_shifts_px=None, device=CPU):
-    """One half-set's E- and M-step.
+def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, search, seed_key, sym_ops,
+                          prev_rotations=None, prev_shifts_px=None, device=CPU, batches=None):
+    """One half-set's E- and M-step, over all its batches or the given ones.
 
     Parameters
     ----------
@@ -100,10 +147,14 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
     cfg : RefineConfig
     search : (is_global, step_deg, r_max_px)
         The iteration's search plan. Local searches start from ``prev_rotations``/``prev_shifts_px``.
-    rng : numpy.random.Generator
+    seed_key : tuple of int
+        Key of the iteration's random streams, e.g. (seed, iteration, half-set): each batch draws
+        from ``batch_rng(seed_key, ...)``.
     sym_ops : (S, 3, 3)
     device : backend.Device
         Where the search and the backprojection run; the fold accumulators stay there.
+    batches : list of int, optional
+        Which of ``batches_of(idx_all, cfg.batch)`` to process (default all); see :class:`HalfSetStep`.
     """
     glob_, step, r_max = search
     box = particles.box_px
@@ -112,7 +163,9 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
     bps = [BackProjector(box, pad=cfg.pad, device=device), BackProjector(box, pad=cfg.pad, device=device)]
     m = len(idx_all)
     out_rot, out_shift = np.zeros((m, 3, 3)), np.zeros((m, 2))
-    pmax, n_poses = np.ones(m), np.ones(m, np.int64)
+    pmax, n_poses = np.zeros(m), np.zeros(m, np.int64)
+    blocks = batches_of(idx_all, cfg.batch)
+    blocks = blocks if batches is None else [blocks[i] for i in batches]
     resid, inv_s2 = np.zeros(box // 2 + 1), None
     if sigma2.any():
         inv_s2 = (1.0 / np.maximum(sigma2, 1e-6 * sigma2.max())).astype(np.float32)
@@ -123,8 +176,12 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
                           shift_range_px=cfg.shift_range_px, shift_step_px=2.0, metric=metric,
                           final_top_k=cfg.posterior_poses, max_batch_bytes=device.batch_bytes(), **gpu)
     shell_of_pixel = device.asarray(fourier.shell_index_rfft((box, box)))
-    for b, images in ImageBatches(particles, idx_all, cfg.batch, device):
+    count = 0
+    for b, images in ImageBatches(particles, [idx_all[rows] for rows in blocks], device):
+        b = blocks[b]
         idx = idx_all[b]
+        count += len(idx)
+        rng = batch_rng(seed_key, idx_all, b)
         images_ft = fourier.rfft2_c(images)
         ctfs = particle_ctfs(particles, idx, xp=xp)
         weights_shell = inv_s2 if inv_s2 is not None else (
@@ -150,5 +207,5 @@ def align_and_backproject(particles, idx_all, fold_of, reference, sigma2, cfg, s
         pmax[b] = post.max(axis=1)
         n_poses[b] = (post > 0).sum(axis=1)
         _backproject_poses(bps, fold_of[b], images_ft, ctfs, res, post, w, sym_ops)
-    return HalfSetStep(idx=idx_all, rotations=out_rot, shifts_px=out_shift, folds=bps,
-                       sigma2=resid / max(m, 1), pmax=pmax, n_poses=n_poses)
+    return HalfSetStep(idx=idx_all, rotations=out_rot, shifts_px=out_shift, folds=bps, noise_sum=resid,
+                       count=count, pmax=pmax, n_poses=n_poses)

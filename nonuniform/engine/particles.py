@@ -322,13 +322,15 @@ def load_particles(star_path, require_ctf=True):
         optics_group=groups, has_ctf=not missing, optics_table=optics, particles_table=table)
 
 
-def check_images(particles, batch=1024):
+def check_images(particles, batch=1024, part=(0, 1)):
     """Read every particle image once: InputError naming the first that holds NaN or Inf.
 
     For commands that write before they read all images (``refine``), so that bad images are refused
-    before anything is written. Costs one pass over the stacks.
+    before anything is written. Costs one pass over the stacks; ``part = (r, K)`` reads only the
+    batches r, r + K, ... (MPI rank r of K).
     """
-    for start in range(0, len(particles), batch):
+    starts = range(0, len(particles), batch)
+    for start in list(starts)[part[0]::part[1]]:
         read_images(particles, np.arange(start, min(start + batch, len(particles))))
 
 

@@ -38,7 +38,8 @@ import numpy as np
 from . import filters, fourier, fsc, geometry, masks, symmetry
 from .backend import CPU, asnumpy, open_gpu
 from .errors import InputError
-from .estep import align_and_backproject
+from .distributed import world
+from .estep import align_and_backproject, batches_of
 from .fourier import resample_map
 from .io import check_output_folder, make_output_folder, read_mask, read_volume, write_json, write_mrc
 from .particles import check_images, load_particles, save_particles
@@ -136,8 +137,9 @@ class Refinement:
         self.cfg = config
         self.out = os.path.abspath(out_dir)
         config.validate()
+        self.comm = world()
         self.sym_ops = symmetry.symmetry_matrices(config.sym)
-        self._check_out_dir(resume, overwrite)
+        self._on_root(lambda: self._check_out_dir(resume, overwrite))
         self.device = CPU if config.gpu is None else open_gpu(config.gpu)
         self.particles = load_particles(particles_star, require_ctf=True)
         p = self.particles
@@ -164,10 +166,28 @@ class Refinement:
             raise InputError(f"too few particles: half-sets have {counts[0]} and {counts[1]}; need at least "
                              f"{MIN_PARTICLES_PER_HALF} per half-set")
         self.halves = halves
-        check_images(self.particles)  # last: one pass over the stacks, after the quick checks
-        self._create_out_dir()
+        # Last: one pass over the stacks, after the quick checks (each rank reads its share).
+        self._on_root(lambda: None, share=lambda: check_images(self.particles, part=(self.comm.rank, self.comm.size)))
+        if self.comm.is_root:
+            self._create_out_dir()
+        self.comm.barrier()
 
     # -- set-up -----------------------------------------------------------------------------
+
+    def _on_root(self, check, share=None):
+        """Run ``check`` on rank 0 (and ``share`` on every rank); the first InputError of any rank is
+        raised on every rank, so all ranks stop together before anything is written."""
+        message = None
+        try:
+            if self.comm.is_root:
+                check()
+            if share is not None:
+                share()
+        except InputError as exc:
+            message = str(exc)
+        message = self.comm.first(message)
+        if message is not None:
+            raise InputError(message)
 
     def _check_out_dir(self, resume, overwrite):
         """Refuse a non-empty folder (unless resuming) or one that cannot be created, before any work."""
@@ -279,12 +299,16 @@ class Refinement:
         rot, shift = st.rotations.copy(), st.shifts_px.copy()
         pmax, n_poses = np.ones(len(rot)), np.ones(len(rot), np.int64)
         accum, sigma2 = {}, np.zeros_like(st.sigma2)
+        comm = self.comm
         for h in (1, 2):
             idx = np.flatnonzero(st.halves == h)
-            rng = np.random.default_rng([self.cfg.seed, it, 7, h])
+            # Rank r takes the half-set's batches r, r + K, ...: each batch's result depends on the
+            # batch alone (its own random stream), so the sum does not depend on K.
+            mine = list(range(comm.rank, len(batches_of(idx, self.cfg.batch)), comm.size))
             r = align_and_backproject(self.particles, idx, st.folds[idx], st.references[h - 1], st.sigma2[h - 1],
-                                      self.cfg, plans[h], rng, self.sym_ops, prev_rotations=st.rotations[idx],
-                                      prev_shifts_px=st.shifts_px[idx], device=self.device)
+                                      self.cfg, plans[h], (self.cfg.seed, it, 7, h), self.sym_ops,
+                                      prev_rotations=st.rotations[idx], prev_shifts_px=st.shifts_px[idx],
+                                      device=self.device, batches=mine).allreduce(comm)
             rot[idx], shift[idx], pmax[idx], n_poses[idx] = r.rotations, r.shifts_px, r.pmax, r.n_poses
             accum[h], sigma2[h - 1] = r.folds, r.sigma2
             kill_point("estep", it)
@@ -333,27 +357,43 @@ class Refinement:
         return asnumpy(r.filtered), asnumpy(r.cutoff_ang), own_resolution(q1, q2, mask, self.apix, rng)
 
     def run(self, resume=False):
-        cfg = self.cfg
+        try:
+            return self._run(resume)
+        except Exception as exc:
+            if self.comm.size == 1:
+                raise
+            # The other ranks would wait in the next collective for ever: end them all.
+            logger.critical("rank %d of %d failed (%s: %s); the run ends, and resumes with --continue from its last "
+                            "checkpoint", self.comm.rank, self.comm.size, type(exc).__name__, exc, exc_info=True)
+            self.comm.abort(1)
+
+    def _run(self, resume):
+        cfg, root = self.cfg, self.comm.is_root
         st = load_checkpoint(self.out, len(self.particles)) if resume else None
         if st is None:
             st = self._initial_state()
-            # An earlier run's files (--overwrite) go first: its checkpoints must never be resumed
-            # from by mistake, nor its outputs (e.g. NU maps after a uniform run) be left standing.
-            remove_checkpoints(self.out)
-            for name in OUTPUT_FILES:
-                if os.path.isfile(os.path.join(self.out, name)):
-                    os.remove(os.path.join(self.out, name))
-            self._write_config()
+            if root:
+                # An earlier run's files (--overwrite) go first: its checkpoints must never be resumed
+                # from by mistake, nor its outputs (e.g. NU maps after a uniform run) be left standing.
+                remove_checkpoints(self.out)
+                for name in OUTPUT_FILES:
+                    if os.path.isfile(os.path.join(self.out, name)):
+                        os.remove(os.path.join(self.out, name))
+                self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
+        self.comm.barrier()
         while True:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes
             if done or st.iteration >= cfg.max_iterations:
                 break
             st, maps = self.iterate(st)
-            save_checkpoint(self.out, st, maps)
-        kill_point("outputs_start", st.iteration)
-        self.write_outputs(st)
+            if root:
+                save_checkpoint(self.out, st, maps)
+        if root:
+            kill_point("outputs_start", st.iteration)
+            self.write_outputs(st)
+        self.comm.barrier()
         return st
 
     def iterate(self, st):
@@ -363,6 +403,8 @@ class Refinement:
         t0 = time.time()
         plans = {h: self._search_plan(st, h) for h in (1, 2)}
         rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it, plans)
+        if not self.comm.is_root:  # rank 0 regularizes and checkpoints; the others get its state
+            return self.comm.bcast(None), None
         stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
         halves_raw, folds = {}, {}
         for h in (1, 2):
@@ -418,10 +460,11 @@ class Refinement:
                     it, res, _degrees(change), _degrees(median_change), "/".join(dict.fromkeys(searches)),
                     "/".join(dict.fromkeys(f"{x:.2f}°" for x in steps)), dt)
         maps = IterationMaps(halves=halves_raw, mask=mask, fsc=fres, extras=extras)
-        return State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
-                     references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
-                     converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses,
-                     half_resolution_ang=np.array(own_res)), maps
+        new = State(iteration=it, rotations=rot, shifts_px=shift, halves=st.halves, folds=st.folds,
+                    references=np.stack(refs).astype(np.float32), sigma2=sigma2, resolution_ang=res,
+                    converged_at=converged_at, history=st.history + [entry], pmax=pmax, n_poses=n_poses,
+                    half_resolution_ang=np.array(own_res))
+        return self.comm.bcast(new), maps
 
     # -- outputs ----------------------------------------------------------------------------
 

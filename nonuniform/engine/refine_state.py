@@ -105,7 +105,7 @@ class RefineConfig:
                 "in (0, 1)")
         require(0 <= self.dynamic_mask_near_ang < self.dynamic_mask_far_ang, "dynamic_mask_near_ang",
                 self.dynamic_mask_near_ang, f"in [0, dynamic_mask_far_ang = {self.dynamic_mask_far_ang})")
-        require(self.batch >= 1, "batch", self.batch, "at least 1")
+        require(self.batch >= 1, "--batch", self.batch, "at least 1")
         require(self.pad >= 1, "pad", self.pad, "at least 1")
         require(self.gpu is None or self.gpu >= 0, "--gpu", self.gpu, "a CUDA device id (0, 1, ...)")
 

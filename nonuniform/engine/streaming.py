@@ -14,23 +14,22 @@ from .particles import read_images
 
 
 class ImageBatches:
-    """Iterate over ``(slice, images)`` of the particles ``indices`` in batches of ``batch``.
+    """Iterate over ``(k, images)``: the images of the k-th array of particle numbers in ``batches``.
 
     Parameters
     ----------
     particles : Particles
-    indices : (m,) int
-        Particle numbers, in the order they are to be processed.
-    batch : int
-        Images per batch.
+    batches : list of (b,) int arrays
+        Particle numbers of each batch, in the order they are to be processed.
     device : backend.Device
-        Images are yielded on it (real space, float32, (k, N, N)).
+        Images are yielded on it (real space, float32, (b, N, N)).
     """
 
-    def __init__(self, particles, indices, batch, device):
-        self.particles, self.indices, self.batch, self.device = particles, np.asarray(indices), batch, device
+    def __init__(self, particles, batches, device):
+        self.particles, self.batches, self.device = particles, [np.asarray(b) for b in batches], device
         box = particles.box_px
-        self._buffers = [self._host_buffer((min(batch, max(len(self.indices), 1)), box, box)) for _ in range(2)]
+        largest = max([len(b) for b in self.batches], default=1)
+        self._buffers = [self._host_buffer((largest, box, box)) for _ in range(2)]
 
     def _host_buffer(self, shape):
         if self.device.is_cpu or self.device.simulated:
@@ -41,21 +40,20 @@ class ImageBatches:
         return np.frombuffer(mem, np.float32, int(np.prod(shape))).reshape(shape)
 
     def _read(self, k):
-        sl = slice(k * self.batch, min(len(self.indices), (k + 1) * self.batch))
-        buf = self._buffers[k % 2][: sl.stop - sl.start]
-        read_images(self.particles, self.indices[sl], out=buf)
-        return sl, buf
+        buf = self._buffers[k % 2][: len(self.batches[k])]
+        read_images(self.particles, self.batches[k], out=buf)
+        return buf
 
     def __iter__(self):
-        n_batches = -(-len(self.indices) // self.batch)
+        n_batches = len(self.batches)
         if n_batches == 0:
             return
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self._read, 0)
             for k in range(n_batches):
-                sl, buf = pending.result()
+                buf = pending.result()
                 # The device copy is made before the next read may reuse this batch's buffer (k + 2).
                 images = self.device.asarray(buf) if not self.device.is_cpu else buf.copy()
                 if k + 1 < n_batches:
                     pending = pool.submit(self._read, k + 1)
-                yield sl, images
+                yield k, images
