@@ -39,6 +39,10 @@ def _scipion_environment(root):
         "SCIPION_HOSTS": hosts,
         "RELION_HOME": _relion_home(root),  # for scipion-em-relion (a test dependency)
     })
+    # hosts.conf's mpirun is Open MPI's (Debian's, which RELION needs): let it run as root (CI
+    # containers) and start more ranks than this machine has cores.
+    for var in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMPI_MCA_rmaps_base_oversubscribe"):
+        os.environ.setdefault(var, "1")
 
 
 def _relion_home(root):

@@ -36,7 +36,11 @@ setup(
         "gpu": ["cupy-cuda12x"],
         # scipion-em-relion 4.0.20 is the last release that drives RELION 3.1 (Debian's relion):
         # the tests check that RELION's post-processing accepts our refinements.
-        "test": ["pytest", "scipion-em-relion==4.0.20"],
+        # MPI (mpiexec -n K nonuniform refine ...): mpi4py, with MPICH from PyPI where the machine has
+        # no MPI of its own (mpi4py's wheels also drive Open MPI: see README, "MPI and clusters").
+        "mpi": ["mpi4py>=4", "mpich"],
+        # The MPI tests run real mpiexec launches: the test extra brings the mpi extra's packages.
+        "test": ["pytest", "scipion-em-relion==4.0.20", "mpi4py>=4", "mpich"],
     },
     entry_points={
         "pyworkflow.plugin": ["nonuniform = nonuniform"],

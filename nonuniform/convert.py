@@ -314,6 +314,15 @@ def coarseStartWarning(diameterA, lowpassA):
             f"A start at {diameterA / 4:.0f} Å or finer is safer.")
 
 
+def mpiProblem():
+    """Why the engine cannot run under MPI here (a clause), or None when mpi4py imports."""
+    try:
+        import mpi4py  # noqa: F401 - only the package: MPI itself starts in the engine's processes
+    except ImportError:
+        return "mpi4py is not installed (install the MPI extra: pip install 'scipion-em-nonuniform[mpi]')"
+    return None
+
+
 def gpuProblem(gpuId=0):
     """Why the engine cannot run on GPU ``gpuId`` here (a sentence), or None when it can."""
     from .engine.backend import gpu_problem

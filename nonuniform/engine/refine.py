@@ -382,6 +382,8 @@ class Refinement:
                 self._write_config()
         else:
             logger.info("resuming after iteration %d (%.2f Å)", st.iteration, st.resolution_ang)
+        if self.comm.size > 1:
+            logger.info("%d MPI ranks share each half-set's batches of %d particles", self.comm.size, cfg.batch)
         self.comm.barrier()
         while True:
             done = st.converged_at and st.iteration >= st.converged_at + cfg.extra_final_passes

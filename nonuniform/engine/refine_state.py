@@ -140,8 +140,11 @@ class IterationMaps:
 
 
 def kill_point(name, iteration):
-    """Kill this process with SIGKILL if ``NONUNIFORM_KILL_AT`` is ``name:iteration`` (tests only)."""
-    if os.environ.get("NONUNIFORM_KILL_AT") == f"{name}:{iteration}":
+    """Kill this process with SIGKILL if ``NONUNIFORM_KILL_AT`` is ``name:iteration``, or
+    ``name:iteration:rank`` and this is that MPI rank (tests only)."""
+    from .distributed import launched_rank
+
+    if os.environ.get("NONUNIFORM_KILL_AT") in (f"{name}:{iteration}", f"{name}:{iteration}:{launched_rank()}"):
         logger.warning("NONUNIFORM_KILL_AT=%s:%d: killing this process", name, iteration)
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -18,8 +18,10 @@ class NonUniformEngineMixin:
                        help="The CUDA device id to use, e.g. 0 (one GPU per run).")
         form.addParallelSection(threads=4, mpi=1)
 
-    # Whether the protocol's engine command takes --gpu (refine does; filter and locres run on the CPU).
+    # Whether the protocol's engine command takes --gpu and runs under MPI (refine does; filter and
+    # locres run in one process on the CPU).
     _engineUsesGpu = False
+    _engineUsesMpi = False
 
     def _gpuIds(self):
         return [g for g in self.gpuList.get("").replace(",", " ").split()]
@@ -42,8 +44,13 @@ class NonUniformEngineMixin:
                     errors.append(f"GPU execution was requested ('Use GPU' = Yes), but this machine cannot run it: "
                                   f"{problem}. " + fix)
         if self.numberOfMpi.get() > 1:
-            errors.append(f"MPI ({self.numberOfMpi.get()} processes) is not supported yet: set 'MPI' to 1 and "
-                          "use 'Threads' to run on several cores.")
+            if not self._engineUsesMpi:
+                errors.append(f"MPI ({self.numberOfMpi.get()} processes): this protocol runs in one process; set "
+                              "'MPI' to 1 and use 'Threads' to run on several cores.")
+            else:
+                problem = convert.mpiProblem()
+                if problem:
+                    errors.append(f"MPI ({self.numberOfMpi.get()} processes) was requested, but {problem}.")
         return errors
 
     def _runEngine(self, arguments):
@@ -54,8 +61,11 @@ class NonUniformEngineMixin:
         env = Plugin.getEnviron()
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
+        # With MPI > 1, Scipion wraps the command in the host's PARALLEL_COMMAND (hosts.conf: mpirun
+        # here, or the queue's launcher on a cluster); each rank runs 'Threads' threads.
+        mpi = self.numberOfMpi.get() if self._engineUsesMpi else 1
         self.runJob(Plugin.getProgram(), f"--threads {threads} {arguments} 2>&1", env=env,
-                    numberOfMpi=1, numberOfThreads=1)
+                    numberOfMpi=max(1, mpi), numberOfThreads=1)
 
     def _checkMapMatches(self, obj, label, reference, referenceLabel="particles"):
         """_validate messages when ``obj`` (a volume) differs in box or pixel size from ``reference``."""

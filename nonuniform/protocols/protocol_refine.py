@@ -36,6 +36,7 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
     """
 
     _engineUsesGpu = True  # refine --gpu ID
+    _engineUsesMpi = True  # mpiexec -n K ... refine
 
     _label = "non-uniform 3D refinement"
     _devStatus = BETA

@@ -244,7 +244,9 @@ class TestNonUniformProtocols(BaseTest):
         self.assertRefused(self.newRefine(useGpu=True), "GPU execution was requested", gpu_problem(0),
                            "Set 'Use GPU' to No")
         self.assertRefused(self.newRefine(useGpu=True, gpuList="0 1"), "give one CUDA device id")
-        self.assertRefused(self.newRefine(numberOfMpi=3), "MPI (3 processes) is not supported yet")
+        localFilter = self.newProtocol(ProtNonUniformLocalFilter, numberOfMpi=2)
+        localFilter.inputVolume.set(self.nu.outputVolume)
+        self.assertRefused(localFilter, "runs in one process")
 
     def test_gpu_id_reaches_the_engine_command(self):
         for useGpu, expected in ((True, " --gpu 1 "), (False, None)):
@@ -283,6 +285,24 @@ class TestNonUniformProtocols(BaseTest):
 
     def test_valid_form_passes(self):
         self.assertEqual(self.newRefine().validate(), [])
+
+    # -- MPI ------------------------------------------------------------------------------------
+
+    def test_mpi_runs_through_the_hosts_parallel_command(self):
+        """'MPI' = 2 launches the engine with hosts.conf's PARALLEL_COMMAND (mpirun here, standing in
+        for a queue's launcher, as in README's cluster recipe): two ranks, the same result as the
+        one-process run with the same parameters."""
+        prot = self.runRefine(objLabel="NU, 2 MPI", maxIterations=2, refine_res_init=20.0, numberOfThreads=1,
+                              numberOfMpi=2)
+        with open(prot.getLogPaths()[0]) as f:
+            log = f.read()
+        self.assertIn("mpirun -np 2", log)
+        self.assertIn("2 MPI ranks share each half-set's batches", log)
+        self.assertEqual(prot.finalResolution.get(), self.nu.finalResolution.get())
+        for name in ("half1.mrc", "half2.mrc"):
+            a = io.read_mrc(prot._getExtraPath("run", name))[0]
+            b = io.read_mrc(self.nu._getExtraPath("run", name))[0]
+            self.assertGreater(np.corrcoef(a.ravel(), b.ravel())[0, 1], 0.9999)
 
     # -- Continue -------------------------------------------------------------------------------
 
