@@ -175,6 +175,8 @@ def add_refine_args(p):
                    help="resume a killed or finished run from its last checkpoint (same outputs as an "
                         "uninterrupted run)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    p.add_argument("--scratch", metavar="DIR", help="copy the image stacks to DIR (a fast local disk) first and "
+                   "read them from there; copies already in DIR are reused")
     p.add_argument("--batch", type=int, default=d.batch, help="images aligned per batch: the unit of work "
                    "shared out to MPI ranks (memory grows with it)")
     p.add_argument("--gpu", metavar="ID", help="run the pose search, backprojection, reconstruction and NU "
@@ -194,7 +196,7 @@ def gpu_id(text):
 def run_refine(args):
     from .refine import RefineConfig, Refinement
 
-    cfg = RefineConfig(gpu=gpu_id(args.gpu), batch=args.batch, mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
+    cfg = RefineConfig(gpu=gpu_id(args.gpu), batch=args.batch, scratch=args.scratch, mode=args.mode, sym=args.sym, diameter_ang=args.diameter_ang,
                        initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,

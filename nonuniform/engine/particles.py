@@ -89,9 +89,50 @@ class Particles:
     has_ctf: bool
     optics_table: Table
     particles_table: Table
+    # Local copies the images are read from (stage_stacks), by original stack path; the STAR files
+    # written keep naming the originals.
+    local_copies: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self):
         return len(self.image_refs)
+
+
+def stage_stacks(particles, folder):
+    """Copy the particles' image stacks into ``folder`` (e.g. a node's local disk), then read from there.
+
+    Copies are written under a temporary name and renamed, so several processes (MPI ranks of one
+    node) may stage into one folder; a copy already there with the original's size and a modification
+    time not older than the original's is reused (a resumed run copies nothing). Raises InputError
+    when ``folder`` cannot be created or has not enough free space.
+    """
+    import hashlib
+    import shutil
+
+    sources = sorted({path for _, path in particles.image_refs})
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--scratch {folder}: cannot create it ({exc.strerror})") from None
+    todo = []
+    for src in sources:
+        name = f"{hashlib.sha1(src.encode()).hexdigest()[:10]}_{os.path.basename(src)}"
+        dst = os.path.join(folder, name)
+        st = os.stat(src)
+        if not (os.path.exists(dst) and os.path.getsize(dst) == st.st_size and os.path.getmtime(dst) >= st.st_mtime):
+            todo.append((src, dst, st.st_size))
+        particles.local_copies[src] = dst
+    need = sum(size for _, _, size in todo)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        particles.local_copies.clear()
+        raise InputError(f"--scratch {folder}: the stacks need {need / 2 ** 30:.1f} GiB, only {free / 2 ** 30:.1f} GiB "
+                         "are free")
+    for src, dst, _ in todo:
+        part = f"{dst}.part{os.getpid()}"
+        shutil.copyfile(src, part)
+        os.replace(part, dst)
+    logger.info("stacks staged in %s: %d copied (%.2f GiB), %d already there", folder, len(todo), need / 2 ** 30,
+                len(sources) - len(todo))
 
 
 def _select_particles_block(blocks, star_path):
@@ -371,11 +412,11 @@ def read_images(particles, indices, out=None):
         by_file.setdefault(path, []).append((index0, k))
     for path, pairs in by_file.items():
         pairs.sort()
-        stack = open_stack(path)
+        stack = open_stack(particles.local_copies.get(path, path))
         locs = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         dest = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
         out[dest] = stack[locs]
-        release_stack_pages(path)
+        release_stack_pages(particles.local_copies.get(path, path))
     finite = np.isfinite(out).all(axis=(1, 2))
     if not finite.all():
         k = int(np.argmin(finite))

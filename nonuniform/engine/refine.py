@@ -42,7 +42,7 @@ from .distributed import world
 from .estep import align_and_backproject, batches_of
 from .fourier import resample_map
 from .io import check_output_folder, make_output_folder, read_mask, read_volume, write_json, write_mrc
-from .particles import check_images, load_particles, save_particles
+from .particles import check_images, load_particles, save_particles, stage_stacks
 from .pipeline import half_set_labels
 from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
                            load_maps, remove_checkpoints, save_checkpoint, write_iteration_fsc)
@@ -167,7 +167,12 @@ class Refinement:
                              f"{MIN_PARTICLES_PER_HALF} per half-set")
         self.halves = halves
         # Last: one pass over the stacks, after the quick checks (each rank reads its share).
-        self._on_root(lambda: None, share=lambda: check_images(self.particles, part=(self.comm.rank, self.comm.size)))
+        def stage_and_check():
+            if config.scratch:
+                stage_stacks(self.particles, config.scratch)
+            check_images(self.particles, part=(self.comm.rank, self.comm.size))
+
+        self._on_root(lambda: None, share=stage_and_check)
         if self.comm.is_root:
             self._create_out_dir()
         self.comm.barrier()

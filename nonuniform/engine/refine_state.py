@@ -69,6 +69,7 @@ class RefineConfig:
     batch: int = 256
     pad: int = 2
     gpu: int | None = None  # CUDA device id of the E/M-step (None: the host)
+    scratch: str | None = None  # folder on a local disk the image stacks are copied to first
 
     def validate(self):
         """Check every parameter before anything is read or written: InputError naming the first bad one

@@ -197,6 +197,8 @@ CASES = {
     "refine --seed -1": lambda i, t: (_refine(i, t, "--seed", "-1"), "--seed"),
     "refine --threads 0": lambda i, t: (["--threads", "0", *_refine(i, t)], "--threads"),
     "refine --gpu 0,1": lambda i, t: (_refine(i, t, "--gpu", "0,1"), "one CUDA device id"),
+    "refine unwritable --scratch": lambda i, t: (_refine(i, t, "--scratch", str(_blocked(t) / "scratch")),
+                                                 "--scratch"),
     "refine --gpu -1": lambda i, t: (_refine(i, t, "--gpu", "-1"), "--gpu"),
     "refine --continue with a bad option": lambda i, t: (
         _refine(i, t, "--continue", "--awf", "0", out=_finished_run(i, t)), "--awf"),

@@ -235,3 +235,24 @@ def test_marginalization_over_top_poses(tiny, tmp_path):
     assert _refine(tiny, two, "--mode", "uniform", "--iterations", "2", "--posterior-poses", "2") == 0
     n_two = np.asarray(io.read_star(str(two / "particles.star"))["particles"]["rlnNrOfSignificantSamples"])
     assert n_two.max() == 2 and json.loads((two / "config.json").read_text())["posterior_poses"] == 2
+
+
+def test_scratch_copies_stacks_and_changes_nothing(tiny, tmp_path, caplog):
+    """--scratch DIR: the stacks are read from copies in DIR, the results are those of a run without it,
+    the output STAR still names the original stack, and a resumed run reuses the copies."""
+    caplog.set_level("INFO")
+    assert _refine(tiny, tmp_path / "plain", "--iterations", "1") == 0
+    assert _refine(tiny, tmp_path / "staged", "--iterations", "1", "--scratch", str(tmp_path / "scratch")) == 0
+    copies = list((tmp_path / "scratch").iterdir())
+    assert len(copies) == 1 and copies[0].name.endswith("_particles.mrcs")
+    assert copies[0].read_bytes() == (tiny / "particles.mrcs").read_bytes()
+    for name in ("half1.mrc", "map.mrc", "map_nu.mrc"):
+        a, b = io.read_mrc(str(tmp_path / "plain" / name))[0], io.read_mrc(str(tmp_path / "staged" / name))[0]
+        assert np.array_equal(a, b), name
+    names = io.read_star(str(tmp_path / "staged" / "particles.star"))["particles"]["rlnImageName"]
+    assert all(str(n).endswith(str(tiny / "particles.mrcs")) or str(n).endswith("particles.mrcs") for n in names)
+    assert not any("scratch" in str(n) for n in names)
+    caplog.clear()
+    assert _refine(tiny, tmp_path / "staged", "--iterations", "2", "--scratch", str(tmp_path / "scratch"),
+                   "--continue") == 0
+    assert any("0 copied" in r.getMessage() for r in caplog.records)
