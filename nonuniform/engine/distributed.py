@@ -98,6 +98,12 @@ class Mpi:
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
 
+    def send(self, obj, dest):
+        self.comm.send(obj, dest=dest)
+
+    def recv(self, source):
+        return self.comm.recv(source=source)
+
     def first(self, value):
         """The first rank's non-None ``value`` (e.g. an error message), on every rank, or None."""
         return next((v for v in self.comm.allgather(value) if v is not None), None)

@@ -332,6 +332,17 @@ class Refinement:
                             lowpass_ang=max(res_ang, 2.5 * self.apix))
         return (m * self.sphere).astype(np.float32)
 
+    def _regularize_half(self, st, it, h, bp, folds, half_map, fsc_curve):
+        """Masked reference of half-set ``h`` for iteration ``it + 1``: ``(reference, cutoff map or None,
+        own resolution or None)`` (:meth:`_regularize`). The mask is made from h's own half-map
+        (gold-standard: in NU mode nothing of the other half reaches it, apart from the joined low
+        frequencies)."""
+        own_mask = self._masks(half_map, self._own(st, h, "resolution_ang"))
+        ref, cutoff, res_h = self._regularize(bp, folds, half_map, fsc_curve, own_mask,
+                                              np.random.default_rng([self.cfg.seed, it, h]))
+        kill_point("regularize", it)
+        return ref * own_mask, cutoff, res_h
+
     def _regularize(self, bp, folds, half_map, fsc_curve_half, mask, rng):
         """Reference of one half-set for the next iteration (uniform or NU).
 
@@ -410,30 +421,40 @@ class Refinement:
         t0 = time.time()
         plans = {h: self._search_plan(st, h) for h in (1, 2)}
         rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it, plans)
-        if not self.comm.is_root:  # rank 0 regularizes and checkpoints; the others get its state
-            return self.comm.bcast(None), None
-        stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
-        halves_raw, folds = {}, {}
-        for h in (1, 2):
+        comm = self.comm
+        # Rank 0 makes the new state (FSC, masks, checkpoint) and sends it to the others. In NU mode the
+        # half-sets' regularizations are independent: with 2 ranks or more, half-set 2's runs on rank 1.
+        split = self._independent and comm.size >= 2
+        mine = {0: (1,) if split else (1, 2), 1: (2,) if split else ()}.get(comm.rank, ())
+        if not mine:
+            return comm.bcast(None), None
+        halves_raw, folds, regs = {}, {}, {}
+        for h in mine:
             folds[h] = [b.hermitian_accumulators(copy=False) for b in accum[h]]
             (d1, w1), (d2, w2) = folds[h]
             halves_raw[h] = asnumpy(accum[h][0].reconstruct(data=d1 + d2, weight=w1 + w2))
+            if self._independent:
+                regs[h] = self._regularize_half(st, it, h, accum[h][0], folds[h], halves_raw[h], None)
+        if not comm.is_root:
+            comm.send((halves_raw[2], regs[2]), dest=0)
+            return comm.bcast(None), None
+        if split:
+            halves_raw[2], regs[2] = comm.recv(source=1)
+        stats = {"mean_max_posterior": float(pmax.mean()), "poses_per_particle": float(n_poses.mean())}
         avg = (halves_raw[1] + halves_raw[2]) / 2
         mask = self._masks(avg, st.resolution_ang)
         fres = fsc.corrected_fsc(halves_raw[1], halves_raw[2], mask, self.apix, np.random.default_rng([cfg.seed, it]))
         res = fres.resolution_corrected_ang
+        if not self._independent:  # uniform: τ² from the joint FSC
+            for h in (1, 2):
+                regs[h] = self._regularize_half(st, it, h, accum[h][0], folds[h], halves_raw[h], fres.corrected)
         refs, extras, own_res = [], {}, []
         for h in (1, 2):
-            # Each reference is masked with a mask made from its own half-map (gold-standard: in NU
-            # mode nothing of the other half reaches it, apart from the joined low frequencies).
-            own_mask = self._masks(halves_raw[h], self._own(st, h, "resolution_ang"))
-            ref, cutoff, res_h = self._regularize(accum[h][0], folds[h], halves_raw[h], fres.corrected, own_mask,
-                                                  np.random.default_rng([cfg.seed, it, h]))
-            refs.append(ref * own_mask)
+            ref, cutoff, res_h = regs[h]
+            refs.append(ref)
             own_res.append(res if res_h is None else res_h)
             if cutoff is not None:
                 extras[f"cutoff_half{h}"] = cutoff
-            kill_point("regularize", it)
         refs[0], refs[1] = join_low_resolution(refs[0], refs[1], self.apix, cfg.gsfsc_split_ang)
         steps = [plans[h][1] for h in (1, 2)]
         if it > 1:
