@@ -506,6 +506,8 @@ def nu_stage(args, dev, res, sz, box, truth):
 
 
 def bench_refinements(args, dev, res, truths, t0):
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_", dir=args.workdir) as tmp:
         if not dev.is_cpu and not args.quick:
             # Kernel compilation (cupy, numba.cuda) of both iterations' code paths, untimed.
