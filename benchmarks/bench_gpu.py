@@ -52,19 +52,11 @@ import os
 import sys
 
 
-def _blas_threads_from_argv(argv):
-    """``--threads N`` also limits the BLAS threads (sgemm, scoring GEMMs): OpenBLAS/MKL read their
-    variables when numpy is imported, so this runs before the imports below."""
-    for i, a in enumerate(argv):
-        n = a.split("=", 1)[1] if a.startswith("--threads=") else (argv[i + 1] if a == "--threads"
-                                                                   and i + 1 < len(argv) else None)
-        if n and n.isdigit():
-            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ.setdefault(var, n)
-
-
 if __name__ == "__main__":
-    _blas_threads_from_argv(sys.argv[1:])
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from blas_threads import from_argv
+
+    from_argv(sys.argv[1:])
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
