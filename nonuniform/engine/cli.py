@@ -19,6 +19,7 @@ from .cli_maps import (add_filter_args, add_fsc_args, add_locres_args, check_out
 from .distributed import launched_rank
 from .errors import InputError, require
 from .io import check_output_folder, make_output_folder
+from .regularize import OBJECTIVES
 
 logger = logging.getLogger("nonuniform")
 
@@ -171,6 +172,11 @@ def add_refine_args(p):
                    help="NU number of candidate cutoffs, up to Nyquist")
     p.add_argument("--nu-filter-type", default=d.nu_filter_type, choices=("butterworth", "gaussian", "rect"),
                    help="NU candidate low-pass kernel")
+    p.add_argument("--nu-objective", default=d.nu_objective, choices=OBJECTIVES,
+                   help="how each voxel's candidates are compared: risk-wiener (default) rates each candidate by an unbiased "
+                        "estimate of the filtered map's local error and keeps the bands below its cutoff at "
+                        "their local Wiener gain; risk: the same estimate, plain low-pass candidates; cv: the "
+                        "paper's plain cross-validation (cuts the core's partly informative bands)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume a killed or finished run from its last checkpoint (same outputs as an "
                         "uninterrupted run)")
@@ -200,7 +206,7 @@ def run_refine(args):
                        initial_lowpass_ang=args.initial_lowpass_ang, gsfsc_split_ang=args.gsfsc_split_ang,
                        seed=args.seed, max_iterations=args.iterations, extra_final_passes=args.extra_final_passes,
                        awf=args.awf, nu_order=args.nu_order, nu_cutoffs=args.nu_cutoffs,
-                       nu_filter_type=args.nu_filter_type, mask_path=args.mask, marginalize=args.marginalize,
+                       nu_filter_type=args.nu_filter_type, nu_objective=args.nu_objective, mask_path=args.mask, marginalize=args.marginalize,
                        posterior_poses=args.posterior_poses, min_posterior=args.min_posterior)
     Refinement(args.particles, args.ref, args.out, cfg, resume=args.resume, overwrite=args.overwrite).run(
         resume=args.resume)

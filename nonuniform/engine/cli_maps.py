@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import InputError, require
 from .io import check_output_folder, make_output_folder, read_mask, read_volume
+from .regularize import DEFAULT_OBJECTIVE, MAP_GAIN_POWER, OBJECTIVES
 
 logger = logging.getLogger("nonuniform")
 
@@ -132,21 +133,26 @@ def add_filter_args(p):
     p.add_argument("--n-cutoffs", type=int, default=50, help="number of candidate cutoffs up to Nyquist")
     p.add_argument("--filter-type", default="butterworth", choices=("butterworth", "gaussian", "rect"),
                    help="candidate low-pass kernel (refine_nu_filtertype)")
+    p.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES,
+                   help="risk-wiener: unbiased local-error estimate of candidates whose bands keep their local "
+                        "Wiener gain; risk: the same estimate, plain low-pass candidates; cv: the paper's plain "
+                        "cross-validation")
 
 
 def run_filter(args):
     from .io import write_json, write_mrc
     from .regularize import check_nu_options, nu_filter
 
-    check_nu_options(args.awf, args.order, args.n_cutoffs, args.filter_type,
-                     ("--awf", "--order", "--n-cutoffs", "--filter-type"))
+    check_nu_options(args.awf, args.order, args.n_cutoffs, args.filter_type, args.objective,
+                     ("--awf", "--order", "--n-cutoffs", "--filter-type", "--objective"))
     check_output_folder(args.out)
     v1, v2, a1, mask = _read_half_maps(args)
     t0 = time.time()
     # Cross-validation between the two independent halves picks each voxel's cutoff; the
     # average of the halves is filtered with it (each half is one fold of the full data).
     res = nu_filter(v1, v2, half_map=(v1 + v2) / 2, pixel_size_ang=a1, awf=args.awf, order=args.order,
-                    n_cutoffs=args.n_cutoffs, kind=args.filter_type, mask=mask)
+                    n_cutoffs=args.n_cutoffs, kind=args.filter_type, mask=mask, objective=args.objective,
+                    gain_power=MAP_GAIN_POWER)
     dt = time.time() - t0
     make_output_folder(args.out)
     write_mrc(os.path.join(args.out, "filtered.mrc"), res.filtered, a1)
@@ -154,7 +160,7 @@ def run_filter(args):
     inside = res.cutoff_ang if mask is None else res.cutoff_ang[mask > 0.5]
     summary = {"half1": os.path.abspath(args.half1), "half2": os.path.abspath(args.half2),
                "awf": args.awf, "order": args.order, "n_cutoffs": args.n_cutoffs,
-               "filter_type": args.filter_type, "seconds": round(dt, 2),
+               "filter_type": args.filter_type, "objective": args.objective, "seconds": round(dt, 2),
                "cutoff_ang_percentiles": {str(q): float(np.percentile(inside, q)) for q in (5, 25, 50, 75, 95)}}
     write_json(os.path.join(args.out, "filter.json"), summary)
     logger.info("adaptive filter in %.1f s; cutoff median %.2f Å (5-95 %%: %.2f-%.2f Å) -> %s", dt,

@@ -46,7 +46,7 @@ from .particles import check_images, load_particles, save_particles, stage_stack
 from .pipeline import half_set_labels
 from .refine_state import (IterationMaps, RefineConfig, State, kill_point, load_checkpoint,  # noqa: F401
                            load_maps, remove_checkpoints, save_checkpoint, write_iteration_fsc)
-from .regularize import nu_filter
+from .regularize import MAP_GAIN_POWER, nu_filter
 
 logger = logging.getLogger(__name__)
 
@@ -334,14 +334,15 @@ class Refinement:
 
     def _regularize_half(self, st, it, h, bp, folds, half_map, fsc_curve):
         """Masked reference of half-set ``h`` for iteration ``it + 1``: ``(reference, cutoff map or None,
-        own resolution or None)`` (:meth:`_regularize`). The mask is made from h's own half-map
+        own resolution or None, seconds)`` (:meth:`_regularize`). The mask is made from h's own half-map
         (gold-standard: in NU mode nothing of the other half reaches it, apart from the joined low
         frequencies)."""
+        t0 = time.time()
         own_mask = self._masks(half_map, self._own(st, h, "resolution_ang"))
         ref, cutoff, res_h = self._regularize(bp, folds, half_map, fsc_curve, own_mask,
                                               np.random.default_rng([self.cfg.seed, it, h]))
         kill_point("regularize", it)
-        return ref * own_mask, cutoff, res_h
+        return ref * own_mask, cutoff, res_h, time.time() - t0
 
     def _regularize(self, bp, folds, half_map, fsc_curve_half, mask, rng):
         """Reference of one half-set for the next iteration (uniform or NU).
@@ -368,7 +369,8 @@ class Refinement:
         q1 = bp.reconstruct(data=d1, weight=w1)
         q2 = bp.reconstruct(data=d2, weight=w2)
         r = nu_filter(q1, q2, half_map=bp.device.asarray(half_map), pixel_size_ang=self.apix, awf=cfg.awf,
-                      order=cfg.nu_order, n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type)
+                      order=cfg.nu_order, n_cutoffs=cfg.nu_cutoffs, kind=cfg.nu_filter_type,
+                      objective=cfg.nu_objective)
         q1, q2 = asnumpy(q1), asnumpy(q2)
         return asnumpy(r.filtered), asnumpy(r.cutoff_ang), own_resolution(q1, q2, mask, self.apix, rng)
 
@@ -421,6 +423,7 @@ class Refinement:
         t0 = time.time()
         plans = {h: self._search_plan(st, h) for h in (1, 2)}
         rot, shift, accum, sigma2, pmax, n_poses = self._e_and_m_step(st, it, plans)
+        t_estep = time.time() - t0
         comm = self.comm
         # Rank 0 makes the new state (FSC, masks, checkpoint) and sends it to the others. In NU mode the
         # half-sets' regularizations are independent: with 2 ranks or more, half-set 2's runs on rank 1.
@@ -450,7 +453,7 @@ class Refinement:
                 regs[h] = self._regularize_half(st, it, h, accum[h][0], folds[h], halves_raw[h], fres.corrected)
         refs, extras, own_res = [], {}, []
         for h in (1, 2):
-            ref, cutoff, res_h = regs[h]
+            ref, cutoff, res_h, _ = regs[h]
             refs.append(ref)
             own_res.append(res if res_h is None else res_h)
             if cutoff is not None:
@@ -483,7 +486,9 @@ class Refinement:
                  "search": "global" if "global" in searches else "local",
                  "resolution_ang_half": own_res, "fraction_large_change_half": frac_large,
                  "angular_step_deg_half": steps, "search_r_max_px_half": [plans[h][2] for h in (1, 2)],
-                 "search_half": searches, **stats, "seconds": dt}
+                 "search_half": searches, **stats, "seconds": dt,
+                 # pose search + backprojection, and each half-set's regularization (mask, filter)
+                 "estep_seconds": t_estep, "regularize_seconds_half": [regs[h][3] for h in (1, 2)]}
         logger.info("iteration %d: %.2f Å, mean pose change %s (median %s), %s search at %s, %.0f s",
                     it, res, _degrees(change), _degrees(median_change), "/".join(dict.fromkeys(searches)),
                     "/".join(dict.fromkeys(f"{x:.2f}°" for x in steps)), dt)
@@ -530,7 +535,7 @@ class Refinement:
             dev = self.device.asarray
             r = nu_filter(dev(h1), dev(h2), half_map=dev(avg), pixel_size_ang=apix, awf=self.cfg.awf,
                           order=self.cfg.nu_order, n_cutoffs=self.cfg.nu_cutoffs, kind=self.cfg.nu_filter_type,
-                          mask=dev(maps.mask))
+                          mask=dev(maps.mask), objective=self.cfg.nu_objective, gain_power=MAP_GAIN_POWER)
             write_mrc(os.path.join(out, "map_nu.mrc"), asnumpy(r.filtered), apix)
         write_iteration_fsc(os.path.join(out, "fsc.csv"), fres)
         try:

@@ -61,6 +61,7 @@ class RefineConfig:
     nu_order: int = 8
     nu_cutoffs: int = 50
     nu_filter_type: str = "butterworth"
+    nu_objective: str = "risk-wiener"
     mask_path: str | None = None
     dynamic_mask_threshold: float = 0.2
     dynamic_mask_near_ang: float = 6.0
@@ -93,8 +94,8 @@ class RefineConfig:
         require(self.extra_final_passes >= 0, "--extra-final-passes", self.extra_final_passes, "0 or more")
         require(self.posterior_poses >= 1, "--posterior-poses", self.posterior_poses, "at least 1")
         require(0 <= self.min_posterior < 1, "--min-posterior", self.min_posterior, "in [0, 1)")
-        check_nu_options(self.awf, self.nu_order, self.nu_cutoffs, self.nu_filter_type,
-                         ("--awf", "--nu-order", "--nu-cutoffs", "--nu-filter-type"))
+        check_nu_options(self.awf, self.nu_order, self.nu_cutoffs, self.nu_filter_type, self.nu_objective,
+                         ("--awf", "--nu-order", "--nu-cutoffs", "--nu-filter-type", "--nu-objective"))
         # Parameters without a command-line option (set through the Python API or config files).
         require(0 <= self.min_global_iterations <= self.max_global_iterations, "min_global_iterations",
                 self.min_global_iterations, f"in [0, max_global_iterations = {self.max_global_iterations}]")

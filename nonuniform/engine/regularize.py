@@ -37,6 +37,23 @@ from .filters import butterworth
 logger = logging.getLogger(__name__)
 
 FILTER_TYPES = ("butterworth", "gaussian", "rect")
+# How the candidates are compared (see :func:`nu_filter`): the paper's plain cross-validation of
+# low-pass filters, the risk-corrected objective of the same filters, and the risk-corrected
+# objective of low-pass filters whose bands carry local Wiener gains (the default).
+OBJECTIVES = ("cv", "risk", "risk-wiener")
+DEFAULT_OBJECTIVE = "risk-wiener"
+# Local band gains of ``risk-wiener``: the signal power is shrunk by GAIN_SHRINK_Z standard errors.
+GAIN_SHRINK_Z = 2.0
+# The gain is (SNR / (1 + SNR)) ** power: 1 (Wiener, least squared error) for a refinement's
+# reference, 1/2 (the FSC weighting sqrt(2 FSC / (1 + FSC)) of the local FSC, as map.mrc's global
+# one) for the maps users look at.
+REFERENCE_GAIN_POWER = 1.0
+MAP_GAIN_POWER = 0.5
+# The gains' window is at least this wide (px): a band's local SNR is estimated from enough samples
+# to tell an SNR of ~0.1 from none (the CV's own windows shrink to awf / Nyquist = 6 px).
+GAIN_MIN_RADIUS_PX = 12.0
+# A band kept at less than this gain does not count toward the reported cutoff (``cutoff_ang``).
+GAIN_FLOOR = 0.05
 
 
 def candidate_cutoffs(box, n_cutoffs=50, min_shell=1.0):
@@ -148,7 +165,9 @@ class NUResult:
     filtered : (N, N, N) float32
         Regularized map, real space.
     cutoff_ang : (N, N, N) float32
-        Selected cutoff per voxel, as a resolution in Å (a local-resolution proxy).
+        Cutoff per voxel, as a resolution in Å (a local-resolution proxy): the selected candidate's,
+        or with ``risk-wiener`` the highest band up to it whose local gain is at least
+        :data:`GAIN_FLOOR` (bands above carry next to nothing there).
     cutoff_index : (N, N, N) int16
         Index of the selected candidate.
     cutoffs_inv_px : (J,) float64
@@ -168,18 +187,105 @@ class NUResult:
     window_radii_px: np.ndarray
 
 
-def check_nu_options(awf, order, n_cutoffs, kind, names=("awf", "order", "n_cutoffs", "filter type")):
+def check_nu_options(awf, order, n_cutoffs, kind, objective=DEFAULT_OBJECTIVE,
+                     names=("awf", "order", "n_cutoffs", "filter type", "objective")):
     """InputError naming the first invalid NU filter parameter; ``names`` are what the caller calls them
     (e.g. the command-line options)."""
     require(awf > 0 and np.isfinite(awf), names[0], awf, "a positive number")
     require(order >= 1, names[1], order, "at least 1")
     require(n_cutoffs >= 2, names[2], n_cutoffs, "at least 2")
     require(kind in FILTER_TYPES, names[3], kind, f"one of {', '.join(FILTER_TYPES)}")
+    require(objective in OBJECTIVES, names[4], objective, f"one of {', '.join(OBJECTIVES)}")
+
+
+def band_samples(band, radius_px):
+    """Effective number M of independent samples of a band in a Gaussian window of radius ``radius_px``.
+
+    For white noise of power σ² per map passed through the band (Fourier weights ``band``, rfft
+    layout), the window mean of ``p1 p2`` has standard deviation ``σ_p² / sqrt(M)`` with
+    ``M = V_w (Σ|b|²)² / (N³ Σ|b|⁴)``, ``V_w = (4π s²)^{3/2}`` the window's effective volume
+    (s its standard deviation, half its radius) and the sums over the whole spectrum.
+    """
+    xp = get_array_module(band)
+    box = band.shape[0]
+    col = xp.full(band.shape[-1], 2.0)
+    col[0] = 1.0
+    if box % 2 == 0:
+        col[-1] = 1.0  # the Nyquist column is its own mirror
+    b2 = band.astype(xp.float64) ** 2
+    s2 = float((b2 * col).sum())
+    s4 = float((b2 * b2 * col).sum())
+    v_w = (4 * np.pi * (radius_px / 2.0) ** 2) ** 1.5
+    return v_w * s2 * s2 / (box ** 3 * max(s4, 1e-300))
+
+
+def local_band_gain(f1, f2, band, radius_px, box, z=GAIN_SHRINK_Z, power=REFERENCE_GAIN_POWER):
+    """Local gain of one frequency band for the average of two independent maps, on a coarse grid.
+
+    ``f1``, ``f2`` are the maps' spectra (rfft layout) and ``band`` the band's Fourier weights. With
+    p1, p2 the band-passed maps and w the Gaussian window of radius ``radius_px``, the local signal
+    power is ``S = w ⊛ (p1 p2)`` (the noises are independent) and the local noise power of one map
+    ``N = w ⊛ (p1 - p2)² / 2``; the average of the two has noise ``N / 2`` and SNR ``2 S / N``.
+    ``S`` is first shrunk by ``z`` of its standard error under pure noise, ``N / sqrt(M)``
+    (:func:`band_samples`), so that noise alone gives a gain of exactly 0 nearly everywhere. The
+    gain is ``(S / (S + N / 2)) ** power``: power 1 is the Wiener gain, 1/2 the FSC weighting
+    ``sqrt(2 FSC / (1 + FSC))`` of the band's local FSC. Both moments are smooth on the window's
+    scale and are returned on the coarse grid of :func:`window_grid` (origin at n//2, to be resampled
+    with :func:`upsample_linear`).
+    """
+    xp = get_array_module(f1)
+    shape = (box,) * 3
+    p1 = fourier.irfftn_c(f1 * band, shape)
+    p2 = fourier.irfftn_c(f2 * band, shape)
+    n = window_grid(box, radius_px)
+    w = gaussian_window_ft(crop_spectrum(fourier.radial_freq_rfft(shape, xp), box, n), radius_px)
+    scale = (n / box) ** 3  # the cropped grid's amplitude factor, the same for both moments
+
+    def local_mean(v):
+        return fourier.irfftn_c(crop_spectrum(fourier.rfftn_c(v), box, n) * w, (n,) * 3) / scale
+
+    noise = xp.maximum(local_mean((p1 - p2) ** 2) / 2, 0)
+    s = xp.maximum(local_mean(p1 * p2) - z * noise / np.sqrt(band_samples(band, radius_px)), 0)
+    g = s / xp.maximum(s + noise / 2, xp.finfo(xp.float32).tiny)
+    return (g if power == 1 else g ** power).astype(xp.float32)
+
+
+def candidate_error(y1, y2, q1, q2, objective):
+    """Per-voxel error of one candidate filter F from the folds ``q1``, ``q2`` and ``y1 = F q1``, ``y2 = F q2``.
+
+    ``cv``: ``(y1 - q2)² + (y2 - q1)²``. ``risk`` / ``risk-wiener``: that minus ``½ (y1 - y2)²``. With
+    ``q_i = t + n_i`` (independent noises of variance σ² per voxel), the expectation of the latter is
+    ``2 |(F - 1) t|² + |F|² σ² + 2σ²`` = twice the squared error of ``F (q1 + q2) / 2`` against t, plus
+    2σ², the same for every candidate; the plain ``cv`` error has ``2 |F|² σ²`` instead of ``|F|² σ²``,
+    the risk of filtering *one fold*.
+    """
+    err = (y1 - q2) ** 2 + (y2 - q1) ** 2
+    if objective != "cv":
+        err -= 0.5 * (y1 - y2) ** 2
+    return err
 
 
 def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8, n_cutoffs=50,
-              kind="butterworth", n_windows=None, mask=None):
+              kind="butterworth", n_windows=None, mask=None, objective=DEFAULT_OBJECTIVE, gain_group=5,
+              gain_power=REFERENCE_GAIN_POWER):
     """Cross-validated spatially adaptive low-pass filter (NU regularizer) of one half-set.
+
+    ``objective`` chooses how the candidates are compared at each voxel (F_j the candidate filter):
+
+    ``cv``
+        The paper's plain cross-validation of low-pass filters, ``e_j = (F_j q1 - q2)² + (F_j q2 - q1)²``,
+        ``F_j = B_j``. Its minimum is the best filter for *one fold*, which is noisier than the map
+        it is applied to, so it cuts too low.
+    ``risk``
+        ``e_j - ½ (F_j (q1 - q2))²``, ``F_j = B_j``: up to a constant, its expectation is twice the
+        squared error of ``F_j (q1 + q2) / 2`` against the truth, i.e. it rates the candidate on
+        the map it filters.
+    ``risk-wiener`` (default)
+        The same risk, for candidates that keep the bands below the cutoff at their local Wiener
+        gain instead of 1: ``F_j = Σ_{b <= j} g_b(x) (B_b - B_{b-1})``, ``g_b`` estimated from the
+        two folds' local agreement in band ``b`` (:func:`local_band_gain`, bands grouped by
+        ``gain_group`` candidates). A band with signal-to-noise below 1 is kept at reduced gain
+        rather than cut, the way an FSC weighting keeps it.
 
     Parameters
     ----------
@@ -201,6 +307,13 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
         Number of discrete window sizes (default: one per candidate, see :func:`window_radii`).
     mask : ndarray, optional
         Voxels outside ``mask > 0`` get the lowest cutoff (solvent).
+    objective : str
+        ``risk-wiener`` (default), ``risk`` or ``cv`` (see above).
+    gain_group : int
+        Candidates per band of the local gains (``risk-wiener``).
+    gain_power : float
+        Band gains ``(SNR / (1 + SNR)) ** gain_power`` (``risk-wiener``): 1, the Wiener gain, for a
+        reference (default); :data:`MAP_GAIN_POWER` (1/2) for a map to look at.
 
     Returns
     -------
@@ -209,7 +322,8 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     xp = get_array_module(fold1)
     if fold1.shape != fold2.shape or fold1.ndim != 3 or len(set(fold1.shape)) != 1:
         raise InputError(f"fold maps must be cubic and of the same shape, got {fold1.shape} and {fold2.shape}")
-    check_nu_options(awf, order, n_cutoffs, kind)
+    check_nu_options(awf, order, n_cutoffs, kind, objective)
+    require(gain_group >= 1, "gain_group", gain_group, "at least 1")
     shape = fold1.shape
     box = shape[0]
     half_map = (fold1 + fold2) / 2 if half_map is None else half_map
@@ -234,12 +348,23 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
                for n in sizes}
     best = {n: xp.full((len(members[n]),) + (n,) * 3, xp.inf, dtype=xp.float32) for n in sizes}
     arg = {n: xp.zeros((len(members[n]),) + (n,) * 3, dtype=xp.int16) for n in sizes}
+    wiener = objective == "risk-wiener"
+    if wiener:
+        gains = BandGains(f1, f2, freq, cutoffs, kind, order, awf, gain_group, gain_power)
+        c1 = xp.zeros(shape, dtype=xp.float32)
+        c2 = xp.zeros(shape, dtype=xp.float32)
+        prev1 = prev2 = 0
     for j, fc in enumerate(cutoffs):
         g = lowpass_gain(freq, fc, kind, order)
         y1 = fourier.irfftn_c(f1 * g, shape)
         y2 = fourier.irfftn_c(f2 * g, shape)
-        err = (y1 - q2) ** 2 + (y2 - q1) ** 2
-        spec, m = fourier.rfftn_c(err), box
+        if wiener:  # F_j q = F_{j-1} q + g_j (B_j - B_{j-1}) q
+            gain = gains.full(j)
+            c1 += gain * (y1 - prev1)
+            c2 += gain * (y2 - prev2)
+            prev1, prev2 = y1, y2
+            y1, y2 = c1, c2
+        spec, m = fourier.rfftn_c(candidate_error(y1, y2, q1, q2, objective)), box
         for n in sizes:
             spec, m = crop_spectrum(spec, m, n), n
             loss = fourier.irfftn_c(spec[None] * windows[n], (n,) * 3, axes=(1, 2, 3))
@@ -266,13 +391,62 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
         choice = xp.where(inside, choice, 0).astype(xp.int16)
         window = xp.where(inside, window, len(radii) - 1).astype(xp.int16)
     filtered = xp.zeros(shape, dtype=xp.float32)
-    for j in np.unique(xp.asnumpy(choice) if xp is not np else choice):
-        y = fourier.irfftn_c(fm * lowpass_gain(freq, cutoffs[j], kind, order), shape)
-        filtered = xp.where(choice == j, y, filtered)
-    cutoff_ang = (pixel_size_ang / xp.asarray(cutoffs, dtype=xp.float32))[choice.astype(xp.int64)]
+    chosen = np.unique(xp.asnumpy(choice) if xp is not np else choice)
+    effective = choice
+    if wiener:
+        prev = 0
+        effective = xp.zeros(shape, dtype=xp.int16)
+        for j in range(int(chosen.max()) + 1):
+            y = fourier.irfftn_c(fm * lowpass_gain(freq, cutoffs[j], kind, order), shape)
+            gain = gains.full(j)
+            kept = choice >= j
+            filtered += xp.where(kept, gain * (y - prev), 0)
+            effective = xp.where(kept & (gain >= GAIN_FLOOR), xp.int16(j), effective)
+            prev = y
+    else:
+        for j in chosen:
+            y = fourier.irfftn_c(fm * lowpass_gain(freq, cutoffs[j], kind, order), shape)
+            filtered = xp.where(choice == j, y, filtered)
+    cutoff_ang = (pixel_size_ang / xp.asarray(cutoffs, dtype=xp.float32))[effective.astype(xp.int64)]
     return NUResult(filtered=filtered.astype(xp.float32), cutoff_ang=cutoff_ang.astype(xp.float32),
                     cutoff_index=choice.astype(xp.int16), cutoffs_inv_px=cutoffs,
                     window_index=window.astype(xp.int16), window_radii_px=radii)
+
+
+class BandGains:
+    """Local Wiener gains of the candidates' bands (``risk-wiener``), computed once per group.
+
+    Band ``b`` of candidate ``j`` is ``B_j - B_{j-1}``; candidates are grouped ``group`` at a time
+    and a group's gain is estimated on the union of its bands, in a window of ``awf`` wavelengths of
+    the group's middle cutoff but at least :data:`GAIN_MIN_RADIUS_PX` (:func:`local_band_gain`): wider
+    bands and windows give steadier estimates. The
+    coarse gains are kept (a small fraction of a volume each); :meth:`full` resamples one to the
+    full grid, caching the last.
+    """
+
+    def __init__(self, f1, f2, freq, cutoffs, kind, order, awf, group, power):
+        self.f1, self.f2, self.freq, self.power = f1, f2, freq, power
+        self.cutoffs, self.kind, self.order, self.awf, self.group = cutoffs, kind, order, awf, group
+        self.box = freq.shape[0]
+        self.coarse = {}
+        self._full = (None, None)
+
+    def _gain(self, k):
+        if k not in self.coarse:
+            lo, hi = k * self.group, min((k + 1) * self.group, len(self.cutoffs)) - 1
+            band = lowpass_gain(self.freq, self.cutoffs[hi], self.kind, self.order)
+            if lo > 0:
+                band = band - lowpass_gain(self.freq, self.cutoffs[lo - 1], self.kind, self.order)
+            radius = max(self.awf / self.cutoffs[(lo + hi) // 2], GAIN_MIN_RADIUS_PX)
+            self.coarse[k] = local_band_gain(self.f1, self.f2, band, radius, self.box, power=self.power)
+        return self.coarse[k]
+
+    def full(self, j):
+        """Gain of candidate ``j``'s band on the full grid."""
+        k = j // self.group
+        if self._full[0] != k:
+            self._full = (k, upsample_linear(self._gain(k), self.box))
+        return self._full[1]
 
 
 def uniform_fsc_filter(fold1, fold2, half_map=None):

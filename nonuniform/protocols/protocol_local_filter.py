@@ -14,7 +14,7 @@ from pyworkflow.constants import BETA
 from pyworkflow.object import Float
 
 from .. import convert
-from ..constants import NU_FILTER_TYPES
+from ..constants import NU_FILTER_TYPES, NU_OBJECTIVE_HELP, NU_OBJECTIVES
 from .protocol_base import NonUniformEngineMixin
 
 
@@ -59,6 +59,8 @@ class ProtNonUniformLocalFilter(ProtAnalysis3D, NonUniformEngineMixin):
         form.addParam("filterType", params.EnumParam, choices=list(NU_FILTER_TYPES), default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Filter type",
                       help="Shape of the candidate low-pass filters.")
+        form.addParam("objective", params.EnumParam, choices=list(NU_OBJECTIVES), default=0,
+                      expertLevel=params.LEVEL_ADVANCED, label="Filter choice by", help=NU_OBJECTIVE_HELP)
         form.addParam("locresThreshold", params.FloatParam, default=0.143, validators=[params.Range(0.01, 0.99)],
                       expertLevel=params.LEVEL_ADVANCED, label="Local FSC threshold",
                       help="Local resolution is where the local FSC of the half-maps falls below this value.")
@@ -69,7 +71,7 @@ class ProtNonUniformLocalFilter(ProtAnalysis3D, NonUniformEngineMixin):
         self._insertFunctionStep(self.convertInputStep, self.inputVolume.get().getObjId(),
                                  mask.getObjId() if mask else None, needsGPU=False)
         self._insertFunctionStep(self.filterStep, self.awf.get(), self.order.get(), self.numCutoffs.get(),
-                                 self.filterType.get())
+                                 self.filterType.get(), self.objective.get())
         self._insertFunctionStep(self.locresStep, self.locresThreshold.get(), needsGPU=False)
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
@@ -89,9 +91,10 @@ class ProtNonUniformLocalFilter(ProtAnalysis3D, NonUniformEngineMixin):
         args = f"--half1 {paths['half1']} --half2 {paths['half2']} --out {out}"
         return args + (f" --mask {paths['mask']}" if "mask" in paths else "")
 
-    def filterStep(self, awf, order, numCutoffs, filterType):
+    def filterStep(self, awf, order, numCutoffs, filterType, objective=0):
         self._runEngine(f"filter {self._inputArguments(self._getExtraPath('filter'))} --awf {awf} "
-                        f"--order {order} --n-cutoffs {numCutoffs} --filter-type {NU_FILTER_TYPES[filterType]}")
+                        f"--order {order} --n-cutoffs {numCutoffs} --filter-type {NU_FILTER_TYPES[filterType]} "
+                        f"--objective {NU_OBJECTIVES[objective]}")
 
     def locresStep(self, threshold):
         self._runEngine(f"locres {self._inputArguments(self._getExtraPath('locres'))} --threshold {threshold}")

@@ -19,7 +19,7 @@ from pyworkflow.constants import BETA
 from pyworkflow.object import Float, Integer
 
 from .. import convert
-from ..constants import NU_FILTER_TYPES
+from ..constants import NU_FILTER_TYPES, NU_OBJECTIVE_HELP, NU_OBJECTIVES
 from .protocol_base import NonUniformEngineMixin
 
 
@@ -141,6 +141,9 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
                       condition="doNonUniform", expertLevel=params.LEVEL_ADVANCED,
                       label="Filter type",
                       help="Shape of the candidate low-pass filters (cryoSPARC refine_nu_filtertype).")
+        form.addParam("refine_nu_objective", params.EnumParam, choices=list(NU_OBJECTIVES), default=0,
+                      condition="doNonUniform", expertLevel=params.LEVEL_ADVANCED,
+                      label="Filter choice by", help=NU_OBJECTIVE_HELP)
 
         self._defineComputeParams(form)
 
@@ -189,7 +192,8 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
         if self.doNonUniform:
             args += ["--awf", self.refine_nu_awf.get(), "--nu-order", self.refine_nu_order.get(),
                      "--nu-cutoffs", self.refine_nu_num_cutoffs.get(),
-                     "--nu-filter-type", NU_FILTER_TYPES[self.refine_nu_filtertype.get()]]
+                     "--nu-filter-type", NU_FILTER_TYPES[self.refine_nu_filtertype.get()],
+                     "--nu-objective", NU_OBJECTIVES[self.refine_nu_objective.get()]]
         return " ".join(str(a) for a in args)
 
     def refineStep(self, arguments):
@@ -308,7 +312,8 @@ class ProtNonUniformRefine3D(ProtRefine3D, NonUniformEngineMixin):
                      f"adaptive filter [Punjani2020] ({NU_FILTER_TYPES[self.refine_nu_filtertype.get()]} "
                      f"low-pass filters of order {self.refine_nu_order.get()}, "
                      f"{self.refine_nu_num_cutoffs.get()} candidate cutoffs, adaptive window factor "
-                     f"{self.refine_nu_awf.get():g}). ")
+                     f"{self.refine_nu_awf.get():g}, filters chosen by "
+                     f"{NU_OBJECTIVES[self.refine_nu_objective.get()]}). ")
         else:
             text += "The references were regularized with the uniform FSC-based filter [Scheres2012]. "
         text += (f"Half-set references shared frequencies below {self.refine_res_gsfsc_split.get():g} Å. "

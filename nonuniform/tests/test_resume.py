@@ -38,7 +38,8 @@ def reference_run(tiny_sim, tmp_path_factory):
 
 def _timeless(summary):
     summary = dict(summary, wall_seconds=None)
-    summary["history"] = [dict(h, seconds=None) for h in summary["history"]]
+    summary["history"] = [dict(h, seconds=None, estep_seconds=None, regularize_seconds_half=None)
+                          for h in summary["history"]]
     return summary
 
 
