@@ -134,6 +134,10 @@ class TestNonUniformProtocols(BaseTest):
         self.assertGreaterEqual(prot.finalResolution.get(), 2 * APIX)  # Nyquist
         self.assertIn(f"{prot.finalResolution.get():.2f} Å", "\n".join(prot.summary()))
         self.assertIn("Punjani2020", prot._methods()[0])
+        # The form's default filter choice is the engine's (risk-wiener), and it reaches the run.
+        self.assertIn("--nu-objective risk-wiener", prot._engineArguments())
+        with open(os.path.join(run, "config.json")) as f:
+            self.assertEqual(json.load(f)["nu_objective"], "risk-wiener")
 
     def test_refined_particles_carry_the_engine_poses(self):
         parts = self.nu.outputParticles
@@ -194,6 +198,8 @@ class TestNonUniformProtocols(BaseTest):
         self.assertLess(abs(np.log2(np.median(inside) / self.nu.finalResolution.get())), 1.0)
         self.assertAlmostEqual(prot.medianCutoff.get(), float(np.median(inside)), places=3)
         self.assertIn("median cutoff", prot.summary()[0])
+        with open(prot._getExtraPath("filter", "filter.json")) as f:
+            self.assertEqual(json.load(f)["objective"], "risk-wiener")
 
     def test_relion_postprocess_takes_our_refinement(self):
         postprocess = Domain.findClass("ProtRelionPostprocess")
