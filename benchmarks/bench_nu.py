@@ -131,24 +131,8 @@ def bench_refine(args):
         vals = [rows[m].get(k) for m in ("uniform", "nonuniform")]
         print(f"{k:40s} " + " ".join(f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in vals))
     print(f"NU / uniform wall time: {rows['nonuniform']['wall_seconds'] / rows['uniform']['wall_seconds']:.2f}")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     freq = np.arange(args.box // 2 + 1) / (args.box * apix)
-    for mode, (gs, vs_truth) in curves.items():
-        pred = np.sqrt(np.clip(2 * gs / (1 + gs), 0, 1))
-        ax.plot(freq, vs_truth, label=f"{mode}: FSC(map, truth)")
-        ax.plot(freq, pred, "--", label=f"{mode}: sqrt(2 FSC_gs / (1 + FSC_gs))")
-    ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("FSC")
-    ax.set_ylim(-0.1, 1.05)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "fsc_consistency.png"))
+    plot_consistency(os.path.join(out, "fsc_consistency.png"), freq, curves, "FSC")
     for mode, (gs, vs_truth) in curves.items():
         pred = np.sqrt(np.clip(2 * gs / (1 + gs), 0, 1))
         sel = slice(1, args.box // 2)
@@ -161,7 +145,7 @@ def bench_refine(args):
 # The harder membrane benchmark and the particle-count sweep
 
 
-def _refine(data, out, mode, objective, n=None, seed=0, threads=None):
+def _refine(data, out, mode, objective, n=None, seed=0):
     """Refine (the first ``n`` particles of) ``data`` into ``out`` unless it has finished there already."""
     if os.path.exists(os.path.join(out, "summary.json")):
         return
@@ -299,35 +283,45 @@ def bench_membrane(args):
             json.dump({"data": meta, "runs": rows, "regions": regions, "amplitude_at_ang": core_res}, f, indent=1)
 
 
-def _consistency_plot(work, summaries, truth, pmask, apix):
-    """FSC(map, truth) in the protein mask against sqrt(2 FSC_gs / (1 + FSC_gs)) of the masked gold-standard FSC."""
+def plot_consistency(path, freq, curves, ylabel):
+    """FSC(map, truth) and its gold-standard prediction sqrt(2 FSC_gs / (1 + FSC_gs)) per run, to ``path``.
+
+    ``curves``: run name -> (gold-standard FSC, FSC of the map against the truth), per shell."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    box = truth.shape[0]
     fig = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    freq = np.arange(box // 2 + 1) / (box * apix)
-    for name in summaries:
-        run = os.path.join(work, name)
-        h1, h2 = _read_run_map(run, "half1"), _read_run_map(run, "half2")
-        gs = fsc.fsc_curve(h1 * pmask, h2 * pmask)
-        vs_truth = fsc.fsc_curve((h1 + h2) / 2 * pmask, truth * pmask)
+    for name, (gs, vs_truth) in curves.items():
         pred = np.sqrt(np.clip(2 * gs / (1 + gs), 0, 1))
         line, = ax.plot(freq, vs_truth, label=f"{name}: measured FSC of the map against the truth")
         ax.plot(freq, pred, "--", color=line.get_color(), label=f"{name}: predicted from the half-maps")
-        sel = slice(1, box // 2)
-        print(f"{name}: |FSC vs truth - prediction| mean {np.mean(np.abs(vs_truth[sel] - pred[sel])):.3f}, "
-              f"max {np.max(np.abs(vs_truth[sel] - pred[sel])):.3f} over shells 1-{box // 2 - 1}")
     ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("FSC (protein mask)")
+    ax.set_ylabel(ylabel)
     ax.set_title("Over-fitting check: gold-standard FSC predicts the FSC against the truth")
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(work, "fsc_consistency.png"))
+    fig.savefig(path)
+
+
+def _consistency_plot(work, summaries, truth, pmask, apix):
+    """Gold-standard consistency of each run in the protein mask (see :func:`plot_consistency`)."""
+    box = truth.shape[0]
+    curves = {}
+    for name in summaries:
+        run = os.path.join(work, name)
+        h1, h2 = _read_run_map(run, "half1"), _read_run_map(run, "half2")
+        curves[name] = gs, vs_truth = (fsc.fsc_curve(h1 * pmask, h2 * pmask),
+                                       fsc.fsc_curve((h1 + h2) / 2 * pmask, truth * pmask))
+        pred = np.sqrt(np.clip(2 * gs / (1 + gs), 0, 1))
+        sel = slice(1, box // 2)
+        print(f"{name}: |FSC vs truth - prediction| mean {np.mean(np.abs(vs_truth[sel] - pred[sel])):.3f}, "
+              f"max {np.max(np.abs(vs_truth[sel] - pred[sel])):.3f} over shells 1-{box // 2 - 1}")
+    plot_consistency(os.path.join(work, "fsc_consistency.png"), np.arange(box // 2 + 1) / (box * apix), curves,
+                     "FSC (protein mask)")
     print(f"plot: {os.path.join(work, 'fsc_consistency.png')}")
 
 
@@ -408,7 +402,7 @@ def main():
     m = sub.add_parser("membrane")
     m.add_argument("--work", required=True)
     m.add_argument("--n", type=int, default=4000)
-    m.add_argument("--objectives", nargs="+", default=["risk-wiener", "cv"])
+    m.add_argument("--objectives", nargs="*", default=["risk-wiener", "cv"])
     m.add_argument("--json")
     w = sub.add_parser("sweep")
     w.add_argument("--work", required=True)
