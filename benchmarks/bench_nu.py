@@ -64,27 +64,24 @@ def bench_filter(args):
     s = 0.6 * truth.std()
     q1 = truth + rng.normal(0, s, truth.shape).astype(np.float32)
     q2 = truth + rng.normal(0, s, truth.shape).astype(np.float32)
-    t = time.time()
-    res = regularize.nu_filter(q1, q2)
-    t_nu = time.time() - t
-    uni = regularize.uniform_fsc_filter(q1, q2)
-    raw = (q1 + q2) / 2
-    mse = {name: float(np.mean((v - truth) ** 2)) for name, v in (("raw", raw), ("uniform", uni),
-                                                                     ("nu", res.filtered))}
-    print(f"regional phantom, box {n}: MSE vs truth (relative to mean truth²)")
-    for k, v in mse.items():
-        print(f"  {k:8s} {v / float(np.mean(truth ** 2)):.4f}")
-    print(f"  NU error is {100 * (1 - mse['nu'] / mse['uniform']):.0f} % lower than the uniform FSC filter's")
-    core = res.cutoff_ang[r <= 0.16 * n]
-    per = res.cutoff_ang[(r > 0.25 * n) & (r < 0.31 * n)]
-    print(f"  cutoff (px): core median {np.median(core):.2f} (blobs σ 1 px, Nyquist 2), periphery median "
-          f"{np.median(per):.2f} (blurred by σ 2.5 px), solvent median {np.median(res.cutoff_ang[r > 0.45 * n]):.2f}")
-    print(f"  one NU regularization (50 cutoffs, AWF 3, order 8) at {n}³: {t_nu:.1f} s; per iteration (2 halves): "
-          f"{2 * t_nu:.1f} s")
     n1, n2 = (rng.normal(0, 1, truth.shape).astype(np.float32) for _ in range(2))
-    rn = regularize.nu_filter(n1, n2)
-    print(f"pure-noise halves: {100 * np.mean(rn.cutoff_index <= 2):.1f} % of voxels at the 3 lowest cutoffs; "
-          f"output std / input std = {rn.filtered.std() / n1.std():.4f}")
+    uni = regularize.uniform_fsc_filter(q1, q2)
+    norm = float(np.mean(truth ** 2))
+    print(f"regional phantom, box {n}: MSE vs truth relative to mean truth²: raw {np.mean(((q1 + q2) / 2 - truth) ** 2) / norm:.4f}, "
+          f"uniform FSC filter {np.mean((uni - truth) ** 2) / norm:.4f}")
+    for obj in regularize.OBJECTIVES:
+        t = time.time()
+        res = regularize.nu_filter(q1, q2, objective=obj)
+        t_nu = time.time() - t
+        mse = float(np.mean((res.filtered - truth) ** 2))
+        print(f"{obj}: MSE {mse / norm:.4f} ({100 * (1 - mse / np.mean((uni - truth) ** 2)):.0f} % lower than the "
+              f"uniform FSC filter's); cutoff (px) core median {np.median(res.cutoff_ang[r <= 0.16 * n]):.2f} (blobs σ 1 px, "
+              f"Nyquist 2), periphery {np.median(res.cutoff_ang[(r > 0.25 * n) & (r < 0.31 * n)]):.2f} (blurred by σ 2.5 px), "
+              f"solvent {np.median(res.cutoff_ang[r > 0.45 * n]):.2f}; {t_nu:.1f} s at {n}³ (50 cutoffs, AWF 3, order 8)")
+        rn = regularize.nu_filter(n1, n2, objective=obj)
+        lowest3 = 1.0 / rn.cutoffs_inv_px[2]
+        print(f"   pure-noise halves: {100 * np.mean(rn.cutoff_ang >= lowest3 * (1 - 1e-6)):.1f} % of voxels at the 3 "
+              f"lowest cutoffs; output std / input std = {rn.filtered.std() / n1.std():.4f}")
 
 
 def bench_refine(args):

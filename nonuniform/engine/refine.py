@@ -319,17 +319,24 @@ class Refinement:
             kill_point("estep", it)
         return rot, shift, accum, sigma2, pmax, n_poses
 
-    def _masks(self, avg, res_ang):
-        """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere."""
+    def _masks(self, avg, res_ang, envelope=False):
+        """Solvent mask for the FSC and the references: user mask, dynamic mask, or soft sphere.
+
+        The dynamic mask thresholds the map low-passed to the current resolution; with ``envelope``
+        (NU mode's references) to at least ``reference_mask_lowpass_ang``, so that it follows the
+        particle's envelope and keeps smooth, low-density parts such as a detergent belt, whose
+        peaks at high resolution fall below the threshold (the NU filter regularizes them itself).
+        """
         cfg = self.cfg
         if self.user_mask is not None:
             return self.user_mask
         if res_ang > cfg.dynamic_mask_start_ang:
             return self.sphere
+        lowpass = max(res_ang, 2.5 * self.apix, cfg.reference_mask_lowpass_ang if envelope else 0.0)
         m = masks.auto_mask(avg, self.apix, threshold_frac=cfg.dynamic_mask_threshold,
                             extend_ang=cfg.dynamic_mask_near_ang,
                             soft_ang=cfg.dynamic_mask_far_ang - cfg.dynamic_mask_near_ang,
-                            lowpass_ang=max(res_ang, 2.5 * self.apix))
+                            lowpass_ang=lowpass)
         return (m * self.sphere).astype(np.float32)
 
     def _regularize_half(self, st, it, h, bp, folds, half_map, fsc_curve):
@@ -338,7 +345,7 @@ class Refinement:
         (gold-standard: in NU mode nothing of the other half reaches it, apart from the joined low
         frequencies)."""
         t0 = time.time()
-        own_mask = self._masks(half_map, self._own(st, h, "resolution_ang"))
+        own_mask = self._masks(half_map, self._own(st, h, "resolution_ang"), envelope=self._independent)
         ref, cutoff, res_h = self._regularize(bp, folds, half_map, fsc_curve, own_mask,
                                               np.random.default_rng([self.cfg.seed, it, h]))
         kill_point("regularize", it)

@@ -67,6 +67,8 @@ class RefineConfig:
     dynamic_mask_near_ang: float = 6.0
     dynamic_mask_far_ang: float = 14.0
     dynamic_mask_start_ang: float = 12.0
+    # NU mode: the references' dynamic mask is made from the half-map low-passed to at least this (Å)
+    reference_mask_lowpass_ang: float = 15.0
     batch: int = 256
     pad: int = 2
     gpu: int | None = None  # CUDA device id of the E/M-step (None: the host)
@@ -99,7 +101,8 @@ class RefineConfig:
         # Parameters without a command-line option (set through the Python API or config files).
         require(0 <= self.min_global_iterations <= self.max_global_iterations, "min_global_iterations",
                 self.min_global_iterations, f"in [0, max_global_iterations = {self.max_global_iterations}]")
-        for name in ("initial_step_deg", "min_step_deg", "dynamic_mask_start_ang", "dynamic_mask_far_ang"):
+        for name in ("initial_step_deg", "min_step_deg", "dynamic_mask_start_ang", "dynamic_mask_far_ang",
+                     "reference_mask_lowpass_ang"):
             require(ang(getattr(self, name)), name, getattr(self, name), "a positive number")
         require(math.isfinite(self.shift_range_px) and self.shift_range_px >= 0, "shift_range_px",
                 self.shift_range_px, "0 or more")

@@ -291,7 +291,7 @@ def candidate_error(y1, y2, q1, q2, objective):
 
 def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8, n_cutoffs=50,
               kind="butterworth", n_windows=None, mask=None, objective=DEFAULT_OBJECTIVE, gain_group=5,
-              gain_power=REFERENCE_GAIN_POWER):
+              gain_power=REFERENCE_GAIN_POWER, gain_z=GAIN_SHRINK_Z):
     """Cross-validated spatially adaptive low-pass filter (NU regularizer) of one half-set.
 
     ``objective`` chooses how the candidates are compared at each voxel (F_j the candidate filter):
@@ -338,6 +338,8 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     gain_power : float
         Band gains ``(SNR / (1 + SNR)) ** gain_power`` (``risk-wiener``): 1, the Wiener gain, for a
         reference (default); :data:`MAP_GAIN_POWER` (1/2) for a map to look at.
+    gain_z : float
+        Standard errors the band signal powers are shrunk by (``risk-wiener``, :func:`local_band_gain`).
 
     Returns
     -------
@@ -375,7 +377,7 @@ def nu_filter(fold1, fold2, half_map=None, pixel_size_ang=1.0, awf=3.0, order=8,
     arg = {n: xp.zeros((len(members[n]),) + (n,) * 3, dtype=xp.int16) for n in sizes}
     wiener = objective == "risk-wiener"
     if wiener:
-        gains = BandGains(f1, f2, gain_of, awf, gain_group, gain_power)
+        gains = BandGains(f1, f2, gain_of, awf, gain_group, gain_power, gain_z)
         c1 = xp.zeros(shape, dtype=xp.float32)
         c2 = xp.zeros(shape, dtype=xp.float32)
         prev1 = prev2 = 0
@@ -449,8 +451,8 @@ class BandGains:
     full grid, caching the last.
     """
 
-    def __init__(self, f1, f2, gain_of, awf, group, power):
-        self.f1, self.f2, self.gain_of, self.power = f1, f2, gain_of, power
+    def __init__(self, f1, f2, gain_of, awf, group, power, z=GAIN_SHRINK_Z):
+        self.f1, self.f2, self.gain_of, self.power, self.z = f1, f2, gain_of, power, z
         self.cutoffs, self.awf, self.group = gain_of.cutoffs, awf, group
         self.box = gain_of.freq.shape[0]
         self.coarse = {}
@@ -463,7 +465,7 @@ class BandGains:
             if lo > 0:
                 band = band - self.gain_of(lo - 1)
             radius = max(self.awf / self.cutoffs[(lo + hi) // 2], GAIN_MIN_RADIUS_PX)
-            self.coarse[k] = local_band_gain(self.f1, self.f2, band, radius, self.box, power=self.power)
+            self.coarse[k] = local_band_gain(self.f1, self.f2, band, radius, self.box, z=self.z, power=self.power)
         return self.coarse[k]
 
     def full(self, j):

@@ -138,7 +138,8 @@ class ProtNonUniformLocalFilter(ProtAnalysis3D, NonUniformEngineMixin):
         return [f"The half-maps of {self.getObjectTag('inputVolume')} were filtered with the cross-validated "
                 f"adaptive local filter of non-uniform refinement [Punjani2020] (adaptive window factor "
                 f"{self.awf.get():g}, {NU_FILTER_TYPES[self.filterType.get()]} filters of order {self.order.get()}, "
-                f"{self.numCutoffs.get()} candidate cutoffs) in scipion-em-nonuniform; local resolution was "
+                f"{self.numCutoffs.get()} candidate cutoffs, chosen by {NU_OBJECTIVES[self.objective.get()]}) in "
+                f"scipion-em-nonuniform; local resolution was "
                 f"estimated from the local FSC at {self.locresThreshold.get():g}."]
 
     def _citations(self):
