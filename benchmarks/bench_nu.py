@@ -142,23 +142,28 @@ def bench_refine(args):
 # The harder membrane benchmark and the particle-count sweep
 
 
+def _write_subset(data, star_out, n):
+    """A STAR file of the first ``n`` particles of ``data`` (absolute image paths), unless it exists."""
+    from nonuniform.engine import star as starfile
+
+    if os.path.exists(star_out):
+        return
+    blocks = starfile.read_star(os.path.join(data, "particles.star"))
+    table = {k: np.asarray(v)[:n] for k, v in blocks["particles"].items()}
+    table["rlnImageName"] = np.array([f"{x.split('@')[0]}@{os.path.join(data, x.split('@')[1])}"
+                                      for x in table["rlnImageName"]])
+    os.makedirs(os.path.dirname(star_out), exist_ok=True)
+    starfile.write_star(star_out, {"optics": blocks["optics"], "particles": table})
+
+
 def _refine(data, out, mode, objective, n=None, seed=0):
     """Refine (the first ``n`` particles of) ``data`` into ``out`` unless it has finished there already."""
     if os.path.exists(os.path.join(out, "summary.json")):
         return
     star = os.path.join(data, "particles.star")
     if n is not None:  # the first n particles (random poses already; half-sets alternate)
-        from nonuniform.engine import star as starfile
-
-        sub = os.path.join(out + "_input", "particles.star")
-        if not os.path.exists(sub):
-            blocks = starfile.read_star(star)
-            table = {k: np.asarray(v)[:n] for k, v in blocks["particles"].items()}
-            table["rlnImageName"] = np.array([f"{x.split('@')[0]}@{os.path.join(data, x.split('@')[1])}"
-                                              for x in table["rlnImageName"]])
-            os.makedirs(os.path.dirname(sub), exist_ok=True)
-            starfile.write_star(sub, {"optics": blocks["optics"], "particles": table})
-        star = sub
+        star = os.path.join(out + "_input", "particles.star")
+        _write_subset(data, star, n)
     cfg = RefineConfig(mode=mode, seed=seed, nu_objective=objective)
     t = time.time()
     Refinement(star, os.path.join(data, "init.mrc"), out, cfg, overwrite=True).run()
@@ -263,6 +268,14 @@ def bench_membrane(args):
         if name != "uniform":
             maps[f"{name} map.mrc (FSC-weighted)"] = _read_run_map(os.path.join(work, name), "map")
             maps[f"{name} map_nu.mrc"] = _read_run_map(os.path.join(work, name), "map_nu")
+    if "nu" in runs:  # the default run's half-maps through the filter with the other objectives
+        run = os.path.join(work, "nu")
+        h1, h2 = io.read_mrc(os.path.join(run, "half1.mrc"))[0], io.read_mrc(os.path.join(run, "half2.mrc"))[0]
+        for obj in regularize.OBJECTIVES:
+            if obj != "risk-wiener":
+                r = regularize.nu_filter(h1, h2, half_map=(h1 + h2) / 2, objective=obj,
+                                         gain_power=regularize.MAP_GAIN_POWER)
+                maps[f"nu half-maps, filter --objective {obj}"] = _onto_truth(r.filtered, _FRAMES[run])
     maps["true poses (FSC-weighted)"] = tp_weighted
     regions = compare(maps, truth, labels, apix, core_res)
     print(f"\nwhole protein (mask: core + flexible domain), FSC-0.5 vs truth; amplitudes below at {core_res:.2f} Å")
@@ -322,6 +335,22 @@ def _consistency_plot(work, summaries, truth, pmask, apix):
     print(f"plot: {os.path.join(work, 'fsc_consistency.png')}")
 
 
+def _true_pose_resolution(data, work, n, truth, pmask, apix):
+    """FSC-0.5 vs truth (protein mask) of the FSC-weighted reconstruction of the first ``n`` particles at their
+    true poses (the limit of any refinement of them)."""
+    from nonuniform.engine import cli
+
+    out = os.path.join(work, f"truepose_{n}")
+    if not os.path.exists(os.path.join(out, "map_half2.mrc")):
+        sub = os.path.join(work, f"truepose_{n}_input", "particles.star")
+        _write_subset(data, sub, n)
+        cli.main(["reconstruct", "--particles", sub, "--out", os.path.join(out, "map.mrc"), "--halves"])
+    t1, t2 = (io.read_mrc(os.path.join(out, f"map_half{h}.mrc"))[0] for h in (1, 2))
+    w = filters.apply_radial_filter((t1 + t2) / 2, filters.fsc_weighting(fsc.fsc_curve(t1 * pmask, t2 * pmask),
+                                                                         zero_after_below=1e-4))
+    return _truth_resolution(w, truth, pmask, apix)[0]
+
+
 def bench_sweep(args):
     import json
 
@@ -335,36 +364,50 @@ def bench_sweep(args):
     labels = np.rint(io.read_mrc(os.path.join(data, "regions.mrc"))[0]).astype(int)
     pmask = _protein_mask(labels)
     truth_particles = load_particles(os.path.join(data, "particles.star"))
-    res = {"uniform": {}, "nonuniform": {}}
+    res = {"uniform": {}, "nonuniform": {}, "nonuniform map_nu": {}, "true poses": {}}
+    misassigned = {"uniform": {}, "nonuniform": {}}
     for n in sorted(args.counts):
         for mode, tag in (("uniform", "uniform"), ("nonuniform", "nu")):
             # The full-data runs of ``membrane`` are reused when the count is the whole data set.
             run = os.path.join(work, tag if n == meta["n_particles"] else f"sweep_{tag}_{n}")
             _refine(data, run, mode, "risk-wiener", n=None if n == meta["n_particles"] else n)
-            res[mode][n] = _run_report(run, truth_particles, truth, pmask, apix)[0]["map_vs_truth_fsc05_ang"]
-            print(f"{mode:10s} {n:6d} particles: {res[mode][n]:.2f} Å (FSC-0.5 vs truth, protein mask)", flush=True)
+            row = _run_report(run, truth_particles, truth, pmask, apix)[0]
+            res[mode][n] = row["map_vs_truth_fsc05_ang"]
+            misassigned[mode][n] = row["fraction_misassigned_30deg"]
+            if mode == "nonuniform":
+                res["nonuniform map_nu"][n] = row["map_nu_vs_truth_fsc05_ang"]
+            print(f"{mode:10s} {n:6d} particles: {res[mode][n]:.2f} Å (FSC-0.5 vs truth, protein mask; NU-filtered "
+                  f"map {row.get('map_nu_vs_truth_fsc05_ang') or float('nan'):.2f} Å), "
+                  f"{100 * misassigned[mode][n]:.1f} % > 30° off", flush=True)
+        res["true poses"][n] = _true_pose_resolution(data, work, n, truth, pmask, apix)
+        print(f"true poses {n:6d} particles: {res['true poses'][n]:.2f} Å", flush=True)
     full_uniform = res["uniform"][max(args.counts)]
     counts = np.array(sorted(args.counts), float)
-    nu = np.array([res["nonuniform"][int(n)] for n in counts])
-    # Particles NU needs to reach uniform's full-data resolution: log-linear interpolation of 1/d² vs log n.
-    y = 1 / nu ** 2
     target = 1 / full_uniform ** 2
-    need = None
-    if y.max() >= target:
-        k = int(np.argmax(y >= target))
-        need = counts[0] if k == 0 else float(np.exp(np.interp(target, [y[k - 1], y[k]],
-                                                                np.log([counts[k - 1], counts[k]]))))
-    print(f"NU reaches uniform's full-data resolution ({full_uniform:.2f} Å) with "
-          + (f"{need:.0f} particles ({100 * need / counts[-1]:.0f} % of the data)" if need else "no count tried"))
+    need = {}
+    for key in ("nonuniform", "nonuniform map_nu"):
+        # Particles NU needs to reach uniform's full-data resolution: log-linear interpolation of 1/d² vs log n.
+        y = 1 / np.array([res[key][int(n)] for n in counts]) ** 2
+        need[key] = None
+        if y.max() >= target:
+            k = int(np.argmax(y >= target))
+            need[key] = counts[0] if k == 0 else float(np.exp(np.interp(target, [y[k - 1], y[k]],
+                                                                        np.log([counts[k - 1], counts[k]]))))
+        print(f"{key} reaches uniform's full-data resolution ({full_uniform:.2f} Å) with "
+              + (f"{need[key]:.0f} particles ({100 * need[key] / counts[-1]:.0f} % of the data)" if need[key]
+                 else "more particles than tried"))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for mode, label in (("uniform", "uniform refinement"), ("nonuniform", "non-uniform refinement")):
+    for mode, label, style in (("uniform", "uniform refinement (map.mrc)", "o-"),
+                               ("nonuniform", "non-uniform refinement (map.mrc)", "o-"),
+                               ("nonuniform map_nu", "non-uniform refinement (NU-filtered map_nu.mrc)", "s--"),
+                               ("true poses", "reconstruction at the true poses (the limit)", "^:")):
         d = np.array([res[mode][int(n)] for n in counts])
-        ax.plot(counts, 1 / d ** 2, "o-", label=label)
+        ax.plot(counts, 1 / d ** 2, style, label=label)
         for n, v in zip(counts, d):
             ax.annotate(f"{v:.2f} Å", (n, 1 / v ** 2), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.axhline(target, color="grey", ls=":", label=f"uniform with all {int(counts[-1])} particles")
@@ -380,6 +423,8 @@ def bench_sweep(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"resolution_ang": {m: {str(k): v for k, v in r.items()} for m, r in res.items()},
+                       "fraction_misassigned_30deg": {m: {str(k): v for k, v in r.items()}
+                                                      for m, r in misassigned.items()},
                        "nu_particles_for_uniform_full_resolution": need}, f, indent=1)
 
 
