@@ -376,8 +376,8 @@ def bench_sweep(args):
             misassigned[mode][n] = row["fraction_misassigned_30deg"]
             if mode == "nonuniform":
                 res["nonuniform map_nu"][n] = row["map_nu_vs_truth_fsc05_ang"]
-            print(f"{mode:10s} {n:6d} particles: {res[mode][n]:.2f} Å (FSC-0.5 vs truth, protein mask; NU-filtered "
-                  f"map {row.get('map_nu_vs_truth_fsc05_ang') or float('nan'):.2f} Å), "
+            nu_map = f"; NU-filtered map {row['map_nu_vs_truth_fsc05_ang']:.2f} Å" if mode == "nonuniform" else ""
+            print(f"{mode:10s} {n:6d} particles: {res[mode][n]:.2f} Å (FSC-0.5 vs truth, protein mask{nu_map}), "
                   f"{100 * misassigned[mode][n]:.1f} % > 30° off", flush=True)
         res["true poses"][n] = _true_pose_resolution(data, work, n, truth, pmask, apix)
         print(f"true poses {n:6d} particles: {res['true poses'][n]:.2f} Å", flush=True)
@@ -402,20 +402,28 @@ def bench_sweep(args):
     fig = Figure(figsize=(6.0, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for mode, label, style in (("uniform", "uniform refinement (map.mrc)", "o-"),
-                               ("nonuniform", "non-uniform refinement (map.mrc)", "o-"),
-                               ("nonuniform map_nu", "non-uniform refinement (NU-filtered map_nu.mrc)", "s--"),
-                               ("true poses", "reconstruction at the true poses (the limit)", "^:")):
+    for k, (mode, label, style) in enumerate((
+            ("uniform", "uniform refinement (map.mrc)", "o-"),
+            ("nonuniform", "non-uniform refinement (map.mrc)", "o-"),
+            ("nonuniform map_nu", "non-uniform refinement (NU-filtered map_nu.mrc)", "s--"),
+            ("true poses", "reconstruction at the true poses (the limit)", "^:"))):
         d = np.array([res[mode][int(n)] for n in counts])
-        ax.plot(counts, 1 / d ** 2, style, label=label)
+        line, = ax.plot(counts, 1 / d ** 2, style, label=label)
         for n, v in zip(counts, d):
-            ax.annotate(f"{v:.2f} Å", (n, 1 / v ** 2), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            ax.annotate(f"{v:.2f} Å", (n, 1 / v ** 2), textcoords="offset points", xytext=(-34 if k % 2 else 5, -3),
+                        fontsize=7, color=line.get_color())
     ax.axhline(target, color="grey", ls=":", label=f"uniform with all {int(counts[-1])} particles")
     ax.set_xscale("log")
+    ax.set_xticks(counts)
+    ax.set_xticklabels([f"{int(n)}" for n in counts])
+    ax.minorticks_off()
     ax.set_xlabel("number of particles")
     ax.set_ylabel("1 / resolution² (1/Å²), FSC 0.5 vs truth")
     ax.set_title("Resolution against particle count (membrane benchmark)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlim(counts[0] / 1.3, counts[-1] * 1.3)
+    top = max(1 / min(r.values()) ** 2 for r in res.values())
+    ax.set_ylim(top=top * 1.3)  # room for the legend above the curves
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(os.path.join(work, "particle_sweep.png"))
