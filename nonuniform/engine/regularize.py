@@ -8,7 +8,10 @@ the low-pass cutoff whose filtered fold best predicts the other fold locally:
 
 and take the regularized value from the half-map filtered at that cutoff, ``(B_{j*(x)} * m)(x)``.
 Since ``q2 = truth + independent noise``, minimizing E_j minimizes the local error of the filtered
-fold against the truth.
+*fold* against the truth. That is the paper's rule (``objective="cv"``); it rates each candidate on
+a map with half the data of the one it filters, and cuts too low. The default (``risk-wiener``, see
+:func:`nu_filter`) subtracts ``½ (B_j (q1 - q2))²`` to rate the filtered map itself, and keeps each
+band below the cutoff at its local Wiener gain (:class:`BandGains`) instead of 1.
 
 The window ``w_x`` is a property of the *voxel*, the same for every candidate compared there: its
 radius ρ(x) must be at least ``AWF × θ(x)``, θ(x) the wavelength the voxel selects. There is one
