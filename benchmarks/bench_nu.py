@@ -244,15 +244,7 @@ def bench_membrane(args):
     labels = np.rint(io.read_mrc(os.path.join(data, "regions.mrc"))[0]).astype(int)
     pmask = _protein_mask(labels)
     truth_particles = load_particles(os.path.join(data, "particles.star"))
-    tp = os.path.join(work, "truepose")
-    if not os.path.exists(os.path.join(tp, "map_half2.mrc")):
-        from nonuniform.engine import cli
-
-        cli.main(["reconstruct", "--particles", os.path.join(data, "particles.star"), "--out",
-                  os.path.join(tp, "map.mrc"), "--halves"])
-    t1, t2 = io.read_mrc(os.path.join(tp, "map_half1.mrc"))[0], io.read_mrc(os.path.join(tp, "map_half2.mrc"))[0]
-    tp_weighted = filters.apply_radial_filter((t1 + t2) / 2, filters.fsc_weighting(
-        fsc.fsc_curve(t1 * pmask, t2 * pmask), zero_after_below=1e-4))
+    tp_weighted = _true_pose_map(data, work, None, pmask)
     runs = {"uniform": ("uniform", None)}
     for obj in args.objectives:
         runs["nu" if obj == "risk-wiener" else f"nu_{obj}"] = ("nonuniform", obj)
@@ -335,20 +327,21 @@ def _consistency_plot(work, summaries, truth, pmask, apix):
     print(f"plot: {os.path.join(work, 'fsc_consistency.png')}")
 
 
-def _true_pose_resolution(data, work, n, truth, pmask, apix):
-    """FSC-0.5 vs truth (protein mask) of the FSC-weighted reconstruction of the first ``n`` particles at their
-    true poses (the limit of any refinement of them)."""
+def _true_pose_map(data, work, n, pmask):
+    """FSC-weighted (protein mask) reconstruction of the first ``n`` particles (all: None) at their true
+    poses, the limit of any refinement of them; reconstructed into ``work`` once."""
     from nonuniform.engine import cli
 
-    out = os.path.join(work, f"truepose_{n}")
+    out = os.path.join(work, "truepose" if n is None else f"truepose_{n}")
     if not os.path.exists(os.path.join(out, "map_half2.mrc")):
-        sub = os.path.join(work, f"truepose_{n}_input", "particles.star")
-        _write_subset(data, sub, n)
-        cli.main(["reconstruct", "--particles", sub, "--out", os.path.join(out, "map.mrc"), "--halves"])
+        star = os.path.join(data, "particles.star")
+        if n is not None:
+            star = os.path.join(work, f"truepose_{n}_input", "particles.star")
+            _write_subset(data, star, n)
+        cli.main(["reconstruct", "--particles", star, "--out", os.path.join(out, "map.mrc"), "--halves"])
     t1, t2 = (io.read_mrc(os.path.join(out, f"map_half{h}.mrc"))[0] for h in (1, 2))
-    w = filters.apply_radial_filter((t1 + t2) / 2, filters.fsc_weighting(fsc.fsc_curve(t1 * pmask, t2 * pmask),
-                                                                         zero_after_below=1e-4))
-    return _truth_resolution(w, truth, pmask, apix)[0]
+    return filters.apply_radial_filter((t1 + t2) / 2, filters.fsc_weighting(fsc.fsc_curve(t1 * pmask, t2 * pmask),
+                                                                            zero_after_below=1e-4))
 
 
 def bench_sweep(args):
@@ -379,7 +372,7 @@ def bench_sweep(args):
             nu_map = f"; NU-filtered map {row['map_nu_vs_truth_fsc05_ang']:.2f} Å" if mode == "nonuniform" else ""
             print(f"{mode:10s} {n:6d} particles: {res[mode][n]:.2f} Å (FSC-0.5 vs truth, protein mask{nu_map}), "
                   f"{100 * misassigned[mode][n]:.1f} % > 30° off", flush=True)
-        res["true poses"][n] = _true_pose_resolution(data, work, n, truth, pmask, apix)
+        res["true poses"][n] = _truth_resolution(_true_pose_map(data, work, n, pmask), truth, pmask, apix)[0]
         print(f"true poses {n:6d} particles: {res['true poses'][n]:.2f} Å", flush=True)
     full_uniform = res["uniform"][max(args.counts)]
     counts = np.array(sorted(args.counts), float)

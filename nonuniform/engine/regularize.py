@@ -246,7 +246,7 @@ def band_samples(band, radius_px):
     return v_w * s2 * s2 / (box ** 3 * max(s4, 1e-300))
 
 
-def local_band_gain(f1, f2, band, radius_px, box, z=GAIN_SHRINK_Z, power=REFERENCE_GAIN_POWER):
+def local_band_gain(f1, f2, band, radius_px, box, z=GAIN_SHRINK_Z, power=REFERENCE_GAIN_POWER, freq=None):
     """Local gain of one frequency band for the average of two independent maps, on a coarse grid.
 
     ``f1``, ``f2`` are the maps' spectra (rfft layout) and ``band`` the band's Fourier weights. With
@@ -258,14 +258,15 @@ def local_band_gain(f1, f2, band, radius_px, box, z=GAIN_SHRINK_Z, power=REFEREN
     gain is ``(S / (S + N / 2)) ** power``: power 1 is the Wiener gain, 1/2 the FSC weighting
     ``sqrt(2 FSC / (1 + FSC))`` of the band's local FSC. Both moments are smooth on the window's
     scale and are returned on the coarse grid of :func:`window_grid` (origin at n//2, to be resampled
-    with :func:`upsample_linear`).
+    with :func:`upsample_linear`). ``freq``: ``|k|`` of the rfft grid, if the caller has it.
     """
     xp = get_array_module(f1)
     shape = (box,) * 3
+    freq = fourier.radial_freq_rfft(shape, xp) if freq is None else freq
     p1 = fourier.irfftn_c(f1 * band, shape)
     p2 = fourier.irfftn_c(f2 * band, shape)
     n = window_grid(box, radius_px)
-    w = gaussian_window_ft(crop_spectrum(fourier.radial_freq_rfft(shape, xp), box, n), radius_px)
+    w = gaussian_window_ft(crop_spectrum(freq, box, n), radius_px)
     scale = (n / box) ** 3  # the cropped grid's amplitude factor, the same for both moments
 
     def local_mean(v):
@@ -449,9 +450,8 @@ class BandGains:
     Band ``b`` of candidate ``j`` is ``B_j - B_{j-1}``; candidates are grouped ``group`` at a time
     and a group's gain is estimated on the union of its bands, in a window of ``awf`` wavelengths of
     the group's middle cutoff but at least :data:`GAIN_MIN_RADIUS_PX` (:func:`local_band_gain`): wider
-    bands and windows give steadier estimates. The
-    coarse gains are kept (a small fraction of a volume each); :meth:`full` resamples one to the
-    full grid, caching the last.
+    bands and windows give steadier estimates. The coarse gains are kept (a small fraction of a volume
+    each); :meth:`full` resamples one to the full grid, caching the last.
     """
 
     def __init__(self, f1, f2, gain_of, awf, group, power, z=GAIN_SHRINK_Z):
@@ -468,7 +468,8 @@ class BandGains:
             if lo > 0:
                 band = band - self.gain_of(lo - 1)
             radius = max(self.awf / self.cutoffs[(lo + hi) // 2], GAIN_MIN_RADIUS_PX)
-            self.coarse[k] = local_band_gain(self.f1, self.f2, band, radius, self.box, z=self.z, power=self.power)
+            self.coarse[k] = local_band_gain(self.f1, self.f2, band, radius, self.box, z=self.z, power=self.power,
+                                             freq=self.gain_of.freq)
         return self.coarse[k]
 
     def full(self, j):
